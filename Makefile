@@ -1,0 +1,30 @@
+# Set-up on a fresh machine is two commands, each of which installs .venv on first use:
+#   make demo   # trains a small LSTM on the names corpus (no network needed)
+#   make test   # runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint benchmark tensorboard
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python train.py data=names trainer.max_epochs=5
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+benchmark: install
+	$(BIN)/python benchmarks/overhead.py
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir logs

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create .venv and install charlm into it, with a torch build that fits this machine.
+#
+# Where no NVIDIA GPU is present, torch is installed as its CPU build ("+cpu"): a few hundred MB
+# instead of the several GB of CUDA libraries that a plain `pip install torch` pulls on Linux.
+# Settings (environment): PYTHON (default python3), TORCH_VERSION (default below), VENV (default .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip install --progress-bar off)
+
+if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    echo "torch already installed: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+elif [ "$(uname -s)" = Darwin ] || { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; then
+    # macOS wheels are CPU/MPS only; with an NVIDIA GPU the default (CUDA) build is the one we want.
+    "${pip[@]}" "torch==$TORCH_VERSION"
+else
+    # The "+cpu" local version names only the CPU build, so this can never fall back to CUDA.
+    # PyTorch's CPU index serves it; a mirror or --find-links in pip's own config may too.
+    extra=()
+    if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('$CPU_INDEX/torch/', timeout=5)" \
+        >/dev/null 2>&1; then
+        extra=(--extra-index-url "$CPU_INDEX")
+    fi
+    "${pip[@]}" "${extra[@]}" "torch==$TORCH_VERSION+cpu"
+fi
+
+"${pip[@]}" -e ".[dev]"
+echo "charlm installed in $VENV: activate it with 'source $VENV/bin/activate'"
