@@ -1,0 +1,141 @@
+"""Where corpus text comes from: a pinned download, local files, or a package that ships it.
+
+Each corpus is a small object with `fetch` (get the bytes onto disk, once) and `read` (return the
+text). Hydra builds them from `conf/data/*.yaml`, so a new corpus is a new YAML file.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+import pooch
+import requests
+
+from charlm.errors import CharLMError
+
+
+class Corpus(Protocol):
+    name: str
+
+    def fetch(self, data_dir: Path) -> None:
+        """Make the text available offline (download into `data_dir`); a no-op when it already is."""
+
+    def read(self, data_dir: Path) -> str:
+        """The whole corpus as one string."""
+
+
+def _copy_file_url(url: str, output_file: str, pooch_obj: object = None) -> None:
+    """pooch downloader for file:// URLs (a corpus on a shared drive)."""
+    shutil.copyfile(unquote(urlparse(url).path), output_file)
+
+
+def _why_download_failed(err: Exception, url: str) -> str:
+    """One short clause for the usual failures, instead of pooch's and requests' paragraphs."""
+    if got := re.search(r"but got (\w+)", str(err)):
+        return f"its sha256 is {got.group(1)}, not the pinned one"
+    if isinstance(err, requests.ConnectionError):
+        return f"cannot connect to {urlparse(url).hostname} (no network?)"
+    if isinstance(err, FileNotFoundError):
+        return f"no such file {err.filename}"
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]
+
+
+def _decode(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CharLMError(
+            f"{path} is not UTF-8 text (byte {err.start} is {err.object[err.start : err.start + 1]!r}); "
+            "convert it, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+
+
+class Download:
+    """A text file fetched once with pooch into the data directory and checked against its sha256."""
+
+    def __init__(self, name: str, url: str, sha256: str, filename: str | None = None):
+        self.name, self.url, self.sha256 = name, url, sha256
+        self.filename = filename or Path(urlparse(url).path).name
+
+    def path(self, data_dir: Path) -> Path:
+        return Path(data_dir) / self.filename
+
+    def fetch(self, data_dir: Path) -> None:
+        target = self.path(data_dir)
+        downloader = _copy_file_url if self.url.startswith("file:") else None
+        try:
+            pooch.retrieve(
+                self.url,
+                known_hash=f"sha256:{self.sha256}",
+                fname=self.filename,
+                path=Path(data_dir),
+                downloader=downloader,
+                progressbar=downloader is None,
+            )
+        except Exception as err:  # network, HTTP, hash mismatch: pooch has deleted the partial file
+            raise CharLMError(
+                f"could not get corpus '{self.name}' from {self.url}: "
+                f"{_why_download_failed(err, self.url)}. "
+                f"Download it by hand to {target} (sha256 {self.sha256})."
+            ) from None
+
+    def read(self, data_dir: Path) -> str:
+        self.fetch(data_dir)
+        return _decode(self.path(data_dir))
+
+
+class TextFiles:
+    """A local UTF-8 file, or every *.txt file under a folder (sorted by path, joined by newlines)."""
+
+    name = "textfile"
+
+    def __init__(self, path: str | Path):
+        self.root = Path(path).expanduser()
+
+    def files(self) -> list[Path]:
+        if self.root.is_file():
+            return [self.root]
+        if self.root.is_dir():
+            found = sorted(p for p in self.root.rglob("*.txt") if p.is_file())
+            if not found:
+                raise CharLMError(f"no .txt files in folder {self.root}")
+            return found
+        raise CharLMError(f"data.path {self.root} does not exist: give a UTF-8 text file or a folder")
+
+    def fetch(self, data_dir: Path) -> None:
+        self.files()
+
+    def read(self, data_dir: Path) -> str:
+        return "\n".join(_decode(p) for p in self.files())
+
+
+class CensusNames:
+    """US census first and last names, one a line, from the `names` package: needs no network.
+
+    The package lists names by frequency; they are de-duplicated and shuffled with a fixed seed so
+    that the contiguous train/val/test split gives three samples of the same kind of names.
+    """
+
+    name = "names"
+    _FILES = ("dist.female.first", "dist.male.first", "dist.all.last")
+
+    def fetch(self, data_dir: Path) -> None:
+        pass
+
+    def read(self, data_dir: Path) -> str:
+        package = resources.files("names")
+        names = {
+            line.split()[0]
+            for filename in self._FILES
+            for line in package.joinpath(filename).read_text().splitlines()
+            if line.strip()
+        }
+        ordered = sorted(names)
+        random.Random(0).shuffle(ordered)
+        return "\n".join(ordered) + "\n"

@@ -1,0 +1,78 @@
+"""Character vocabulary: built from a corpus, saved beside every run and inside every checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from charlm.errors import CharLMError
+
+# Encoding walks the text in slices so that a large corpus never needs 4 bytes x its length at once.
+_CHUNK = 1 << 24
+
+
+def _codepoints(text: str) -> Iterable[np.ndarray]:
+    for start in range(0, len(text), _CHUNK):
+        yield np.frombuffer(text[start : start + _CHUNK].encode("utf-32-le"), dtype="<u4")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The corpus characters in code-point order, so the same corpus always gives the same ids."""
+
+    chars: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if list(self.chars) != sorted(set(self.chars)):
+            raise ValueError("vocabulary characters must be unique and sorted")
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        """Every character that occurs in `text` (vectorised: seconds for 100 MB)."""
+        seen = np.zeros(0x110000, dtype=bool)
+        for cps in _codepoints(text):
+            seen[cps] = True
+        return cls(tuple(chr(c) for c in np.flatnonzero(seen)))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    @property
+    def _id_dtype(self) -> type[np.integer]:
+        """The smallest integer type that holds every id: a 100 MB corpus stays 100 MB in memory."""
+        return np.uint8 if len(self) <= 256 else np.int32
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Ids of `text` as a 1-D tensor of the smallest integer type (uint8 up to 256 characters)."""
+        table = np.full(0x110000, -1, dtype=np.int32)
+        table[[ord(c) for c in self.chars]] = np.arange(len(self))
+        ids = np.empty(len(text), dtype=self._id_dtype)
+        pos = 0
+        for cps in _codepoints(text):
+            chunk = table[cps]
+            if (chunk < 0).any():
+                unknown = sorted({chr(c) for c in cps[chunk < 0]})
+                raise CharLMError(
+                    f"characters not in the vocabulary: {''.join(unknown)!r} "
+                    f"(the vocabulary has {len(self)} characters)"
+                )
+            ids[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        return torch.from_numpy(ids)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return "".join(self.chars[i] for i in ids)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"chars": list(self.chars)}, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        return cls(tuple(json.loads(Path(path).read_text())["chars"]))

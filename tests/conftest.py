@@ -1,0 +1,77 @@
+"""Shared helpers: composed configs, a tiny corpus, and `train.py` as a real subprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tiny sizes that still train for real: a few steps of a small model on a small corpus.
+TINY = [
+    "model.num_layers=1",
+    "model.embedding_dim=8",
+    "data.seq_len=16",
+    "data.batch_size=16",
+    "++trainer.max_steps=12",
+    "++trainer.val_check_interval=6",
+    "++trainer.limit_val_batches=3",
+    "++trainer.limit_test_batches=3",
+    "++trainer.log_every_n_steps=2",
+    "trainer.accelerator=cpu",
+]
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    """A small Spanish-flavoured corpus with accents, enough for a few hundred windows."""
+    line = "En un lugar de la Mancha, de cuyo nombre no quiero acordarme; ¡qué señor hidalgo!\n"
+    path = tmp_path / "corpus.txt"
+    path.write_text(line * 200, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def quijote_dir(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A data dir holding quijote.txt, and the overrides that make `data=quijote` accept it.
+
+    The real file comes from ../shared/data when present; otherwise a stand-in whose sha256 is
+    passed as an override, so the download path (pooch, hash check, cache) runs either way.
+    """
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    real = SHARED_DATA / "quijote.txt"
+    if real.exists():
+        shutil.copy(real, data_dir / "quijote.txt")
+        return data_dir, []
+    text = "En un lugar de la Mancha, de cuyo nombre no quiero acordarme...\n" * 3000
+    (data_dir / "quijote.txt").write_text(text, encoding="utf-8")
+    digest = hashlib.sha256((data_dir / "quijote.txt").read_bytes()).hexdigest()
+    return data_dir, [f"data.corpus.sha256={digest}"]
+
+
+def run_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` from `cwd`, so that logs/ lands there."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "120"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,158 @@
+"""Corpora, vocabulary, preprocessing and windows: what every run is built on."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from charlm.corpora import CensusNames, Download, TextFiles
+from charlm.datamodule import STAGES, CharDataModule
+from charlm.errors import CharLMError
+from charlm.preprocess import preprocess
+from charlm.vocab import Vocabulary
+from charlm.windows import WindowDataset, split_bounds
+
+
+def test_vocabulary_is_sorted_and_round_trips(tmp_path: Path) -> None:
+    text = "¡Hola, señor Quijote!\nÑandú 42"
+    vocab = Vocabulary.from_text(text)
+    assert list(vocab.chars) == sorted(set(text))
+    ids = vocab.encode(text)
+    assert ids.dtype == torch.uint8 and ids.shape == (len(text),)
+    assert vocab.decode(ids) == text
+    vocab.save(tmp_path / "vocab.json")
+    assert Vocabulary.load(tmp_path / "vocab.json") == vocab
+
+
+def test_vocabulary_of_more_than_256_characters_uses_wider_ids() -> None:
+    text = "".join(chr(c) for c in range(0x400, 0x400 + 300))  # 300 Cyrillic and beyond
+    vocab = Vocabulary.from_text(text)
+    ids = vocab.encode(text)
+    assert ids.dtype == torch.int32 and ids.tolist() == list(range(300))
+
+
+def test_encoding_unknown_characters_names_them() -> None:
+    vocab = Vocabulary.from_text("abc")
+    with pytest.raises(CharLMError, match="'xz'"):
+        vocab.encode("axbz")
+
+
+def test_preprocessing_like_the_quijote_lesson() -> None:
+    text = "¡Señor Don QUIJOTE!\n  —dijo Sancho, en 1605."
+    assert preprocess(text, lowercase=True) == text.lower()
+    assert preprocess(text, lowercase=True, letters_only=True) == " señor don quijote dijo sancho en "
+
+
+def test_windows_shift_targets_by_one_and_follow_the_stride() -> None:
+    ids = torch.arange(20)
+    dataset = WindowDataset(ids, seq_len=5, stride=3)
+    assert len(dataset) == (20 - 6) // 3 + 1
+    for i in range(len(dataset)):
+        x, y = dataset[i]
+        assert x.tolist() == list(range(3 * i, 3 * i + 5))
+        assert y.tolist() == list(range(3 * i + 1, 3 * i + 6))
+    x, y = dataset.__getitems__([2, 0])
+    assert torch.equal(x, torch.stack([dataset[2][0], dataset[0][0]]))
+    assert torch.equal(y, torch.stack([dataset[2][1], dataset[0][1]]))
+
+
+def test_windows_are_views_not_copies() -> None:
+    ids = torch.zeros(1_000_000, dtype=torch.uint8)
+    dataset = WindowDataset(ids, seq_len=100, stride=1)  # 100x overlap
+    assert len(dataset) == 1_000_000 - 100
+    assert dataset.windows.untyped_storage().data_ptr() == ids.untyped_storage().data_ptr()
+    assert dataset.windows.untyped_storage().nbytes() == ids.numel()
+
+
+def test_split_bounds_are_contiguous_and_validated() -> None:
+    assert split_bounds(1000, (0.9, 0.05, 0.05)) == [(0, 900), (900, 950), (950, 1000)]
+    with pytest.raises(CharLMError, match="sum to 1"):
+        split_bounds(1000, (0.9, 0.2, 0.05))
+
+
+@pytest.mark.parametrize("stride", [1, 7, 16])
+def test_no_window_crosses_a_split_boundary(text_file: Path, stride: int) -> None:
+    dm = CharDataModule(path=str(text_file), seq_len=16, stride=stride, splits=(0.8, 0.1, 0.1))
+    dm.setup()
+    n = len(text_file.read_text(encoding="utf-8"))
+    bounds = dict(zip(STAGES, split_bounds(n, (0.8, 0.1, 0.1)), strict=True))
+    for stage, dataset in dm.datasets.items():
+        start, end = bounds[stage]
+        windows = dataset.windows
+        first = windows.storage_offset()
+        last_end = first + (len(dataset) - 1) * windows.stride(0) + windows.shape[1]
+        assert first == start and last_end <= end < last_end + stride
+        assert windows.untyped_storage().nbytes() == n  # every split views the one encoded corpus
+
+
+def test_datamodule_batches(text_file: Path) -> None:
+    dm = CharDataModule(path=str(text_file), seq_len=16, batch_size=8)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == y.shape == (8, 16) and x.dtype == torch.uint8
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    # validation is in order, training is shuffled
+    first_val = next(iter(dm.val_dataloader()))[0]
+    assert torch.equal(first_val, torch.stack([dm.datasets["val"][i][0] for i in range(8)]))
+    orders = {tuple(next(iter(dm.train_dataloader()))[0][:, 0].tolist()) for _ in range(5)}
+    assert len(orders) > 1
+
+
+def test_a_split_shorter_than_one_window_is_refused(text_file: Path) -> None:
+    dm = CharDataModule(path=str(text_file), seq_len=16, splits=(0.999, 0.001, 0.0))
+    with pytest.raises(CharLMError, match="val split has .* fewer than one window"):
+        dm.setup()
+
+
+def test_census_names_need_no_network() -> None:
+    text = CensusNames().read(Path("unused"))
+    names = text.splitlines()
+    assert len(names) > 80_000 and len(set(names)) == len(names)
+    assert {"MARY", "JAMES", "SMITH"} <= set(names)
+    assert all(name.isalpha() for name in names)
+    assert CensusNames().read(Path("unused")) == text  # same order every time
+
+
+def test_textfiles_reads_a_folder_of_txt_files_in_order(tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_text("segundo", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.txt").write_text("tercero", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("primero", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("ignored", encoding="utf-8")
+    assert TextFiles(tmp_path).read(tmp_path) == "primero\nsegundo\ntercero"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_download_checks_the_hash_and_caches(tmp_path: Path, text_file: Path) -> None:
+    data_dir = tmp_path / "data"
+    corpus = Download("tiny", text_file.as_uri(), _sha256(text_file), filename="tiny.txt")
+    assert corpus.read(data_dir) == text_file.read_text(encoding="utf-8")
+    # a cached file with the right hash is used as is: this URL would fail if it were fetched
+    offline = Download("tiny", "http://127.0.0.1:9/tiny.txt", _sha256(text_file), "tiny.txt")
+    assert offline.read(data_dir) == text_file.read_text(encoding="utf-8")
+
+
+def test_download_hash_mismatch_is_clear_and_leaves_no_file(tmp_path: Path, text_file: Path) -> None:
+    data_dir = tmp_path / "data"
+    corpus = Download("tiny", text_file.as_uri(), "0" * 64, filename="tiny.txt")
+    with pytest.raises(CharLMError) as raised:
+        corpus.fetch(data_dir)
+    message = str(raised.value)
+    assert "could not get corpus 'tiny'" in message and f"sha256 is {_sha256(text_file)}" in message
+    assert str(data_dir / "tiny.txt") in message and "0" * 64 in message
+    assert "\n" not in message
+    assert not data_dir.exists() or list(data_dir.iterdir()) == []
+
+
+def test_download_without_network_is_clear_and_leaves_no_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    corpus = Download("tiny", "http://127.0.0.1:9/tiny.txt", "0" * 64)
+    with pytest.raises(CharLMError, match="could not get corpus 'tiny'.*by hand"):
+        corpus.fetch(data_dir)
+    assert not data_dir.exists() or list(data_dir.iterdir()) == []
