@@ -1,0 +1,27 @@
+"""Learning-rate schedules, built once the run knows its optimizer and its total step count.
+
+Each returns a Lightning `lr_scheduler` config dict; `conf/scheduler/*.yaml` selects one.
+"""
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+
+def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> dict:
+    """Linear warmup, then cosine decay to `min_lr_ratio` x lr at the last step (stepped per batch)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step"}
+
+
+def plateau(optimizer: Optimizer, total_steps: int, factor: float = 0.5, patience: int = 2) -> dict:
+    """Multiply lr by `factor` when val loss has not improved for `patience` validations."""
+    scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)
+    return {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}
