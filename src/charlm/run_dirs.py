@@ -1,0 +1,53 @@
+"""Hydra resolvers that name run directories: unique per run, readable per sweep job.
+
+- `${charlm.claim_dir:PARENT}` creates PARENT/<date>_<time> and returns it; a second run started
+  in the same second gets <date>_<time>_2 (mkdir is atomic, so two runs never share one).
+- `${charlm.sweep_job_name:}` is `hidden=256` for the job of `-m hidden=32,256`: only the
+  overrides that the sweep varies, read from the multirun.yaml that Hydra writes first.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from itertools import count
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+
+def claim_dir(parent: str) -> str:
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    for n in count(1):
+        path = Path(parent) / (stamp if n == 1 else f"{stamp}_{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return str(path)
+    raise AssertionError("unreachable")
+
+
+def _swept_keys(sweep_dir: Path) -> set[str] | None:
+    try:
+        master = OmegaConf.load(sweep_dir / "multirun.yaml")
+    except FileNotFoundError:  # a sweeper that does not write it: name jobs by all overrides
+        return None
+    overrides = OverridesParser.create().parse_overrides(list(master.hydra.overrides.task))
+    return {o.key_or_group for o in overrides if o.is_sweep_override()}
+
+
+def sweep_job_name(*, _root_: DictConfig) -> str:
+    job_overrides = OverridesParser.create().parse_overrides(list(_root_.hydra.overrides.task))
+    swept = _swept_keys(Path(_root_.hydra.sweep.dir))
+    chosen = [o for o in job_overrides if swept is None or o.key_or_group in swept] or job_overrides
+    name = ",".join(sorted(o.input_line for o in chosen)) or "defaults"
+    return name.replace(os.sep, "_")
+
+
+def register() -> None:
+    # use_cache: every read of hydra.run.dir in this run, and every job of a sweep, sees one value
+    OmegaConf.register_new_resolver("charlm.claim_dir", claim_dir, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("charlm.sweep_job_name", sweep_job_name, replace=True)

@@ -1,0 +1,112 @@
+"""One training run from a composed Hydra config: fit, test the best checkpoint, report."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from charlm.callbacks import LogHyperparameters
+from charlm.datamodule import CharDataModule
+from charlm.errors import CharLMError
+from charlm.model import CharLM
+
+log = logging.getLogger(__name__)
+
+# Batches are slices of one in-memory tensor: worker processes would only add copying.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# Lightning's own use of torch's pytree API, not ours; and its advertisement for a cloud logger.
+warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
+
+_TRAINER_HPARAMS = ("max_epochs", "max_steps", "gradient_clip_val", "precision", "accumulate_grad_batches")
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, letting our own clear errors through unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, CharLMError):
+            raise cause from None
+        raise
+
+
+def _plain(node: DictConfig | None) -> Any:
+    return None if node is None else OmegaConf.to_container(node, resolve=True)
+
+
+def run_hparams(cfg: DictConfig, model: CharLM) -> dict[str, Any]:
+    """What tells the runs of a sweep apart, for TensorBoard's HPARAMS tab."""
+    drop = {"_target_", "_partial_", "corpus", "data_dir"}
+    params: dict[str, Any] = {
+        group: {k: v for k, v in (_plain(cfg.get(group)) or {}).items() if k not in drop}
+        for group in ("data", "model", "optimizer", "scheduler")
+    }
+    params["trainer"] = {k: cfg.trainer.get(k) for k in _TRAINER_HPARAMS}
+    params["seed"] = cfg.seed
+    params["model"]["parameters"] = sum(p.numel() for p in model.parameters())
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        params["config"] = {g: choices.get(g) for g in ("data", "model", "optimizer", "scheduler", "trainer")}
+    return params
+
+
+def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
+    """Seed, then make the data (vocabulary saved in the run directory), model and trainer."""
+    if cfg.get("seed") is not None:  # seed 0 is a seed too
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: CharDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    datamodule.vocab.save(Path(cfg.paths.output_dir) / "vocab.json")
+
+    model: CharLM = instantiate(
+        cfg.model,
+        vocab=list(datamodule.vocab.chars),
+        optimizer=_plain(cfg.optimizer),
+        scheduler=_plain(cfg.get("scheduler")),
+        _recursive_=False,
+        _convert_="all",
+    )
+    # `callbacks.<name>=null` or `logger=null` on the command line switches one off
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(LogHyperparameters(run_hparams(cfg, model)))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train, test with the best checkpoint, and return the best val loss (for Hydra sweepers)."""
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint else ""
+    trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info(
+        "done: best val loss %s, test ppl %.3f, bpc %.3f; output in %s",
+        f"{checkpoint.best_model_score:.4f}" if checkpoint and checkpoint.best_model_score else "n/a",
+        metrics.get("test/ppl", float("nan")),
+        metrics.get("test/bpc", float("nan")),
+        cfg.paths.output_dir,
+    )
+    if checkpoint is None or checkpoint.best_model_score is None:
+        return None
+    return float(checkpoint.best_model_score)

@@ -1,0 +1,65 @@
+"""Every option of every config group composes, and its objects build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, compose_train
+from hydra.utils import instantiate
+
+from charlm.datamodule import CharDataModule
+from charlm.model import CharLM
+
+GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir())
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+def test_groups_are_the_documented_ones() -> None:
+    expected = {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks"}
+    assert expected | {"paths", "hydra"} == set(GROUPS)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for group in expected:
+        for option in options(group):
+            assert f"`{option}`" in readme, f"README does not document {group}={option}"
+
+
+@pytest.mark.parametrize(
+    "group, option",
+    [(g, o) for g in GROUPS if g not in ("hydra", "paths") for o in options(g)],
+)
+def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
+    if option == "textfile":
+        overrides.append(f"data.path={tmp_path}")
+    cfg = compose_train(overrides)
+    assert cfg.hidden == cfg.model.hidden == 256
+    if group == "data" and option != "default":
+        assert isinstance(instantiate(cfg.data), CharDataModule)
+    if group == "model":
+        assert isinstance(instantiate(cfg.model, vocab=list("abc"), _recursive_=False), CharLM)
+    if group == "optimizer":
+        optimizer = instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
+        assert isinstance(optimizer, torch.optim.Optimizer)
+    if group == "trainer":
+        assert cfg.trainer.gradient_clip_val == 1.0
+        if option in ("default", "cpu"):
+            trainer = instantiate(cfg.trainer, logger=False)
+            assert trainer.gradient_clip_val == 1.0
+    if group in ("logger", "callbacks"):
+        assert all(instantiate(node) is not None for node in cfg[group].values())
+
+
+def test_hidden_is_read_by_every_model_and_sweepable() -> None:
+    for model in options("model"):
+        assert compose_train([f"model={model}", "hidden=32"]).model.hidden == 32
+
+
+def test_missing_path_for_textfile_is_reported() -> None:
+    cfg = compose_train(["data=textfile"])
+    with pytest.raises(Exception, match="path"):
+        instantiate(cfg.data)

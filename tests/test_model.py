@@ -1,0 +1,104 @@
+"""The model and one training run in-process: real steps on tiny models."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, compose_train
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from charlm.errors import CharLMError
+from charlm.metrics import CharScores
+from charlm.model import CharLM
+from charlm.network import CharRNN
+from charlm.schedulers import cosine
+from charlm.training import train
+
+
+def train_tiny(tmp_path: Path, text_file: Path, *overrides: str) -> float:
+    cfg = compose_train(
+        [
+            "data=textfile",
+            f"data.path={text_file}",
+            f"paths.output_dir={tmp_path / 'run'}",
+            "hidden=16",
+            *TINY,
+            *overrides,
+        ]
+    )
+    return train(cfg)
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return {t: [e.value for e in accumulator.Scalars(t)] for t in accumulator.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm", "gru"])
+def test_each_backbone_trains(tmp_path: Path, text_file: Path, model: str) -> None:
+    best_val_loss = train_tiny(tmp_path, text_file, f"model={model}", "++trainer.max_steps=30")
+    run = tmp_path / "run"
+    logged = scalars(run)
+    vocab_size = len(set(text_file.read_text(encoding="utf-8")))
+    assert best_val_loss < math.log(vocab_size)  # better than uniform guessing
+    assert logged["val/loss"][-1] < logged["val/loss"][0]
+    assert min(logged["val/loss"]) == pytest.approx(best_val_loss, rel=1e-6)
+    assert logged["val/ppl"][-1] == pytest.approx(math.exp(logged["val/loss"][-1]), rel=1e-5)
+    assert logged["val/bpc"][-1] == pytest.approx(logged["val/loss"][-1] / math.log(2), rel=1e-5)
+    assert {"train/loss", "train/ppl", "train/bpc", "test/ppl", "test/bpc", "hp_metric"} <= set(logged)
+    assert logged["hp_metric"][-1] == pytest.approx(min(logged["val/ppl"]), rel=1e-6)
+    assert (run / "vocab.json").exists() and (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_checkpoint_carries_vocabulary_and_loads_without_config(tmp_path: Path, text_file: Path) -> None:
+    train_tiny(tmp_path, text_file, "model=gru", "model.embedding_dim=null")  # one-hot input
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    raw = torch.load(checkpoint, weights_only=True)  # plain data only: safe to load
+    assert raw["hyper_parameters"]["vocab"] == sorted(set(text_file.read_text(encoding="utf-8")))
+    model = CharLM.load_from_checkpoint(checkpoint, map_location="cpu")
+    assert model.net.embedding is None and isinstance(model.net.rnn, torch.nn.GRU)
+    logits, state = model(model.vocab.encode("En un lugar").unsqueeze(0))
+    assert logits.shape == (1, 11, len(model.vocab)) and state.shape == (1, 1, 16)
+
+
+def test_same_seed_same_losses_and_seed_zero_counts(tmp_path: Path, text_file: Path) -> None:
+    runs = {}
+    for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        runs[name] = train_tiny(tmp_path / name, text_file, f"seed={seed}", "model.dropout=0.1")
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def test_char_scores_weight_by_characters() -> None:
+    scores = CharScores()
+    scores.update(torch.tensor(1.0), 10)
+    scores.update(torch.tensor(4.0), 30)
+    result = scores.compute()
+    assert result["loss"].item() == pytest.approx(3.25)
+    assert result["ppl"].item() == pytest.approx(math.exp(3.25))
+    assert result["bpc"].item() == pytest.approx(3.25 / math.log(2))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = cosine(optimizer, total_steps=110, warmup_steps=10, min_lr_ratio=0.1)["scheduler"]
+    lrs = []
+    for _ in range(110):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10:] == sorted(lrs[10:], reverse=True) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"hidden": 0}, "hidden must be at least 1"), ({"cell": "transformer"}, "unknown cell")],
+)
+def test_bad_network_settings_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(CharLMError, match=message):
+        CharRNN(10, **kwargs)

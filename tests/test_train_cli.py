@@ -1,0 +1,93 @@
+"""`train.py` as users run it: real subprocesses, real files, real TensorBoard event files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, TINY, run_train
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+
+def load_runs(log_dir: Path) -> EventMultiplexer:
+    """The runs as TensorBoard itself sees them under `tensorboard --logdir logs`."""
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(log_dir))
+    multiplexer.Reload()
+    return multiplexer
+
+
+def session_hparams(multiplexer: EventMultiplexer, run: str) -> dict[str, object]:
+    content = multiplexer.PluginRunToTagToContent("hparams")[run]["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {
+        key: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+        for key, value in start.hparams.items()
+    }
+
+
+def test_users_multirun_gives_two_named_runs_in_tensorboard(tmp_path: Path, quijote_dir) -> None:
+    data_dir, extra = quijote_dir
+    result = run_train(
+        ["model=lstm", "data=quijote", "-m", "hidden=8,16", f"paths.data_dir={data_dir}", *TINY, *extra],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    (sweep,) = (tmp_path / "logs" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_hidden=8", "1_hidden=16"]
+    multiplexer = load_runs(tmp_path / "logs")
+    runs = sorted(multiplexer.Runs())
+    assert runs == [f"multiruns/{sweep.name}/0_hidden=8", f"multiruns/{sweep.name}/1_hidden=16"]
+
+    for run, hidden in zip(runs, (8, 16), strict=True):
+        job_dir = tmp_path / "logs" / run
+        assert len(list(job_dir.glob("events.out.tfevents.*"))) >= 1
+        tags = multiplexer.GetAccumulator(run).Tags()["scalars"]
+        assert {"train/loss", "train/ppl", "train/bpc", "val/ppl", "val/bpc", "test/ppl"} <= set(tags)
+        val_ppl = [e.value for e in multiplexer.Scalars(run, "val/ppl")]
+        assert len(val_ppl) == 2  # val_check_interval=6 within max_steps=12
+        # HPARAMS tab: this run's settings, ranked by the real best val perplexity
+        hparams = session_hparams(multiplexer, run)
+        assert hparams["model/hidden"] == hidden
+        assert hparams["config/data"] == "quijote" and hparams["config/model"] == "lstm"
+        assert multiplexer.Scalars(run, "hp_metric")[-1].value == min(val_ppl)
+        assert (job_dir / "vocab.json").exists()
+        checkpoints = sorted(p.name for p in (job_dir / "checkpoints").iterdir())
+        assert "last.ckpt" in checkpoints and any(n.startswith("epoch") for n in checkpoints)
+
+
+def test_runs_started_together_never_share_a_directory(tmp_path: Path) -> None:
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "data=names",
+        "hidden=8",
+        *TINY,
+        "++trainer.max_steps=2",
+        "~callbacks",
+    ]
+    procs = [
+        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+    runs = list((tmp_path / "logs" / "runs").iterdir())
+    assert len(runs) == 2
+    assert all(list(run.glob("events.out.tfevents.*")) for run in runs)
+
+
+def test_download_failure_is_one_clear_line_and_leaves_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = run_train(
+        ["data=quijote", f"paths.data_dir={data_dir}", "data.corpus.url=file:///nonexistent/quijote.txt"],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "could not get corpus 'quijote'" in result.stderr
+    assert f"Download it by hand to {data_dir}/quijote.txt" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data_dir.exists() or list(data_dir.iterdir()) == []

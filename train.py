@@ -1,0 +1,22 @@
+"""Train a character-level language model.
+
+    python train.py model=lstm data=quijote -m hidden=32,256
+
+Configuration lives in conf/ (see `python train.py --help`); the pipeline in src/charlm/.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from charlm.cli import hydra_flags_first
+from charlm.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    hydra_flags_first()
+    main()
