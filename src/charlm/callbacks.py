@@ -29,8 +29,10 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class LogHyperparameters(pl.Callback):
     """Put the run's hyperparameters in TensorBoard's HPARAMS tab, where a sweep is compared.
 
-    Only the hparams summary is written here; the metric columns read the scalars that the run
-    logs, so `hp_metric` shows the real best val perplexity, not Lightning's -1 placeholder.
+    Only the session's hparams are written here. The metric columns are the scalars the run logs,
+    so `hp_metric` shows the real best val perplexity, not Lightning's -1 placeholder. No
+    experiment summary is written: TensorBoard would take one run's for all (its hparams plugin
+    picks the first it finds), hiding settings that only other runs of a sweep have.
     """
 
     def __init__(self, params: Mapping[str, Any]):
@@ -40,8 +42,8 @@ class LogHyperparameters(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                writer = logger.experiment.file_writer
-                for summary in hparams(self.params, dict.fromkeys(HPARAMS_METRICS, 0.0)):
-                    writer.add_summary(summary)
+                _, session_start, session_end = hparams(self.params, {})
+                logger.experiment.file_writer.add_summary(session_start)
+                logger.experiment.file_writer.add_summary(session_end)
             else:
                 logger.log_hyperparams(self.params)
