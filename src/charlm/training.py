@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         _recursive_=False,
         _convert_="all",
     )
-    # `callbacks.<name>=null` or `logger=null` on the command line switches one off
+    # `callbacks.<name>=null` or `~logger` on the command line switches them off
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(LogHyperparameters(run_hparams(cfg, model)))
@@ -99,14 +100,15 @@ def train(cfg: DictConfig) -> float | None:
     best_path = checkpoint.best_model_path if checkpoint else ""
     trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    score = checkpoint.best_model_score if checkpoint else None
+    best = None if score is None else float(score)
+    test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     log.info(
-        "done: best val loss %s, test ppl %.3f, bpc %.3f; output in %s",
-        f"{checkpoint.best_model_score:.4f}" if checkpoint and checkpoint.best_model_score else "n/a",
-        metrics.get("test/ppl", float("nan")),
-        metrics.get("test/bpc", float("nan")),
+        "done: best val loss %s; test loss %.4f, ppl %.3f, bpc %.3f; output in %s",
+        "n/a (no validation ran)" if best is None else f"{best:.4f}",
+        test.get("test/loss", math.nan),
+        test.get("test/ppl", math.nan),
+        test.get("test/bpc", math.nan),
         cfg.paths.output_dir,
     )
-    if checkpoint is None or checkpoint.best_model_score is None:
-        return None
-    return float(checkpoint.best_model_score)
+    return best
