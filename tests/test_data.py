@@ -27,11 +27,12 @@ def test_vocabulary_is_sorted_and_round_trips(tmp_path: Path) -> None:
     assert Vocabulary.load(tmp_path / "vocab.json") == vocab
 
 
-def test_vocabulary_of_more_than_256_characters_uses_wider_ids() -> None:
-    text = "".join(chr(c) for c in range(0x400, 0x400 + 300))  # 300 Cyrillic and beyond
+@pytest.mark.parametrize("size, dtype", [(255, torch.uint8), (256, torch.int32), (300, torch.int32)])
+def test_ids_use_the_smallest_type_that_fits(size: int, dtype: torch.dtype) -> None:
+    text = "".join(chr(c) for c in range(0x400, 0x400 + size))  # Cyrillic and on
     vocab = Vocabulary.from_text(text)
     ids = vocab.encode(text)
-    assert ids.dtype == torch.int32 and ids.tolist() == list(range(300))
+    assert ids.dtype == dtype and ids.tolist() == list(range(size))
 
 
 def test_encoding_unknown_characters_names_them() -> None:

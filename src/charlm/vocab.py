@@ -44,21 +44,24 @@ class Vocabulary:
 
     @property
     def _id_dtype(self) -> type[np.integer]:
-        """The smallest integer type that holds every id: a 100 MB corpus stays 100 MB in memory."""
-        return np.uint8 if len(self) <= 256 else np.int32
+        """The smallest integer type that holds every id and one spare value that marks unknowns:
+        a 100 MB corpus of up to 255 distinct characters stays 100 MB in memory."""
+        return np.uint8 if len(self) < 256 else np.int32
 
     def encode(self, text: str) -> torch.Tensor:
-        """Ids of `text` as a 1-D tensor of the smallest integer type (uint8 up to 256 characters)."""
-        table = np.full(0x110000, -1, dtype=np.int32)
+        """Ids of `text` as a 1-D tensor (uint8 for up to 255 characters, else int32)."""
+        dtype = self._id_dtype
+        unknown = np.iinfo(dtype).max
+        table = np.full(0x110000, unknown, dtype=dtype)  # code point -> id, in the output type
         table[[ord(c) for c in self.chars]] = np.arange(len(self))
-        ids = np.empty(len(text), dtype=self._id_dtype)
+        ids = np.empty(len(text), dtype=dtype)
         pos = 0
         for cps in _codepoints(text):
             chunk = table[cps]
-            if (chunk < 0).any():
-                unknown = sorted({chr(c) for c in cps[chunk < 0]})
+            if (chunk == unknown).any():
+                missing = sorted({chr(c) for c in cps[chunk == unknown]})
                 raise CharLMError(
-                    f"characters not in the vocabulary: {''.join(unknown)!r} "
+                    f"characters not in the vocabulary: {''.join(missing)!r} "
                     f"(the vocabulary has {len(self)} characters)"
                 )
             ids[pos : pos + len(chunk)] = chunk
