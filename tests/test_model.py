@@ -54,6 +54,25 @@ def test_each_backbone_trains(tmp_path: Path, text_file: Path, model: str) -> No
     assert (run / "vocab.json").exists() and (run / "checkpoints" / "last.ckpt").exists()
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer=adamw", "scheduler=cosine", "scheduler.warmup_steps=3"],
+        ["optimizer=sgd", "scheduler=plateau", "scheduler.patience=0"],
+        ["optimizer=adadelta"],
+    ],
+)
+def test_optimizers_and_schedulers_train(tmp_path: Path, text_file: Path, overrides: list[str]) -> None:
+    best_val_loss = train_tiny(tmp_path, text_file, *overrides, "++trainer.max_steps=24")
+    logged = scalars(tmp_path / "run")
+    assert best_val_loss < math.log(len(set(text_file.read_text(encoding="utf-8"))))
+    (lrs,) = (values for tag, values in logged.items() if tag.startswith("lr-"))
+    if "scheduler=cosine" in overrides:
+        assert lrs[0] < max(lrs) > lrs[-1]  # warmup, then decay
+    else:
+        assert max(lrs) == lrs[0]
+
+
 def test_checkpoint_carries_vocabulary_and_loads_without_config(tmp_path: Path, text_file: Path) -> None:
     train_tiny(tmp_path, text_file, "model=gru", "model.embedding_dim=null")  # one-hot input
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -33,7 +33,7 @@ class CharLM(pl.LightningModule):
         vocab: Sequence[str],
         cell: str = "lstm",
         hidden: int = 256,
-        num_layers: int = 1,
+        num_layers: int = 2,
         dropout: float = 0.0,
         embedding_dim: int | None = 64,
         optimizer: Mapping[str, Any] | None = None,

@@ -26,7 +26,7 @@ class CharRNN(nn.Module):
         vocab_size: int,
         cell: str = "lstm",
         hidden: int = 256,
-        num_layers: int = 1,
+        num_layers: int = 2,
         dropout: float = 0.0,
         embedding_dim: int | None = 64,
     ):
