@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,12 @@ def test_encoding_unknown_characters_names_them() -> None:
 
 
 def test_preprocessing_like_the_quijote_lesson() -> None:
-    text = "¡Señor Don QUIJOTE!\n  —dijo Sancho, en 1605."
+    text = "¡Señor Don QUIJOTE!\n  —dijo Sancho, en 1605 (½ legua_]"
     assert preprocess(text, lowercase=True) == text.lower()
-    assert preprocess(text, lowercase=True, letters_only=True) == " señor don quijote dijo sancho en "
+    expected = " señor don quijote dijo sancho en legua "
+    assert preprocess(text, lowercase=True, letters_only=True) == expected
+    decomposed = unicodedata.normalize("NFD", "Señor")  # n + combining tilde
+    assert preprocess(decomposed, letters_only=True) == "Señor"
 
 
 def test_windows_shift_targets_by_one_and_follow_the_stride() -> None:
@@ -149,6 +153,22 @@ def test_download_hash_mismatch_is_clear_and_leaves_no_file(tmp_path: Path, text
     assert str(data_dir / "tiny.txt") in message and "0" * 64 in message
     assert "\n" not in message
     assert not data_dir.exists() or list(data_dir.iterdir()) == []
+
+
+def test_a_file_put_by_hand_with_the_wrong_hash_is_named_and_kept(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "tiny.txt").write_text("another edition", encoding="utf-8")
+    corpus = Download("tiny", "http://127.0.0.1:9/tiny.txt", "0" * 64)
+    with pytest.raises(CharLMError, match="tiny.txt is there, but its sha256 is .* delete it"):
+        corpus.fetch(data_dir)
+    assert (data_dir / "tiny.txt").read_text(encoding="utf-8") == "another edition"
+
+
+def test_stride_zero_is_refused(text_file: Path) -> None:
+    dm = CharDataModule(path=str(text_file), seq_len=16, stride=0)
+    with pytest.raises(CharLMError, match="stride"):
+        dm.setup()
 
 
 def test_download_without_network_is_clear_and_leaves_no_file(tmp_path: Path) -> None:

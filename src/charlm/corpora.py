@@ -62,12 +62,24 @@ class Download:
     def __init__(self, name: str, url: str, sha256: str, filename: str | None = None):
         self.name, self.url, self.sha256 = name, url, sha256
         self.filename = filename or Path(urlparse(url).path).name
+        self._verified: set[Path] = set()  # files whose hash this process has checked
 
     def path(self, data_dir: Path) -> Path:
         return Path(data_dir) / self.filename
 
     def fetch(self, data_dir: Path) -> None:
         target = self.path(data_dir)
+        if target in self._verified:
+            return
+        if target.exists():  # downloaded before, or put there by hand: never overwritten
+            actual = pooch.file_hash(str(target))
+            if actual != self.sha256:
+                raise CharLMError(
+                    f"{target} is there, but its sha256 is {actual}, not the pinned {self.sha256}: "
+                    "replace it with the right file, or delete it to download it again"
+                )
+            self._verified.add(target)
+            return
         downloader = _copy_file_url if self.url.startswith("file:") else None
         try:
             pooch.retrieve(
@@ -84,6 +96,7 @@ class Download:
                 f"{_why_download_failed(err, self.url)}. "
                 f"Download it by hand to {target} (sha256 {self.sha256})."
             ) from None
+        self._verified.add(target)
 
     def read(self, data_dir: Path) -> str:
         self.fetch(data_dir)

@@ -52,9 +52,10 @@ class CharDataModule(pl.LightningDataModule):
             raise CharLMError(f"data.splits must be three fractions (train, val, test), got {splits}")
         if batch_size < 1:
             raise CharLMError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.save_hyperparameters(ignore=["corpus"], logger=False)  # kept in checkpoints
         self.corpus = corpus if corpus is not None else TextFiles(path)
         self.data_dir = Path(data_dir)
-        self.seq_len, self.stride = seq_len, stride or seq_len
+        self.seq_len, self.stride = seq_len, seq_len if stride is None else stride
         self.splits = tuple(splits)
         self.lowercase, self.letters_only = lowercase, letters_only
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -1,15 +1,20 @@
 """Optional text normalisation, as the course notebooks do it before building the vocabulary."""
 
 import re
-
-# A run of anything that is not a letter (accented letters, ñ and the like count as letters).
-_NON_LETTERS = re.compile(r"[\W\d_]+")
+import unicodedata
 
 
 def preprocess(text: str, lowercase: bool = False, letters_only: bool = False) -> str:
-    """Lowercase and/or keep letters only, collapsing every other run of characters to one space."""
+    """Lowercase and/or keep letters only, collapsing every other run of characters to one space.
+
+    Letters are what `str.isalpha` says (ñ, á, ç, ...), after NFC normalisation so that an accent
+    written as a separate combining mark stays on its letter.
+    """
     if lowercase:
         text = text.lower()
     if letters_only:
-        text = _NON_LETTERS.sub(" ", text)
+        text = unicodedata.normalize("NFC", text)
+        others = sorted(c for c in set(text) if not c.isalpha())  # one pass, then one regex
+        if others:
+            text = re.sub(f"[{re.escape(''.join(others))}]+", " ", text)
     return text
