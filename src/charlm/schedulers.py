@@ -24,4 +24,5 @@ def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr
 def plateau(optimizer: Optimizer, total_steps: int, factor: float = 0.5, patience: int = 2) -> dict:
     """Multiply lr by `factor` when val loss has not improved for `patience` validations."""
     scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)
-    return {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch"}
+    # not strict: an epoch without validation (limit_val_batches=0, ...) leaves the lr as it is
+    return {"scheduler": scheduler, "monitor": "val/loss", "interval": "epoch", "strict": False}
