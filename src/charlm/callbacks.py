@@ -8,6 +8,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
 # Columns of TensorBoard's HPARAMS table: hp_metric is the best val perplexity (see CharLM).
@@ -26,24 +28,62 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _session_end(status: int) -> Summary:
+    """The hparams plugin's record of how a run ended (torch only writes STATUS_SUCCESS)."""
+    content = plugin_data_pb2.HParamsPluginData(
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=status),
+        version=metadata.PLUGIN_DATA_VERSION,
+    )
+    smd = metadata.create_summary_metadata(content)
+    return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=smd)])
+
+
 class LogHyperparameters(pl.Callback):
     """Put the run's hyperparameters in TensorBoard's HPARAMS tab, where a sweep is compared.
 
-    Only the session's hparams are written here. The metric columns are the scalars the run logs,
-    so `hp_metric` shows the real best val perplexity, not Lightning's -1 placeholder. No
-    experiment summary is written: TensorBoard would take one run's for all (its hparams plugin
-    picks the first it finds), hiding settings that only other runs of a sweep have.
+    Only the session (its hparams, then how it ended) is written here. The metric columns are the
+    scalars the run logs, so `hp_metric` shows the real best val perplexity, not Lightning's -1
+    placeholder. No experiment summary is written: TensorBoard would take one run's for all (its
+    hparams plugin picks the first it finds), hiding settings that only other runs of a sweep have.
     """
 
     def __init__(self, params: Mapping[str, Any]):
         self.params = flatten(params)
 
+    @staticmethod
+    def _write(trainer: pl.Trainer, summary: Any) -> None:
+        for logger in trainer.loggers:
+            writer = logger.experiment.file_writer if isinstance(logger, TensorBoardLogger) else None
+            if writer is not None:  # None once Lightning has closed the logger
+                writer.add_summary(summary)
+
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _, session_start, _ = hparams(self.params, {})
+        self._write(trainer, session_start)
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                _, session_start, session_end = hparams(self.params, {})
-                logger.experiment.file_writer.add_summary(session_start)
-                logger.experiment.file_writer.add_summary(session_end)
-            else:
+            if not isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(self.params)
+
+    @rank_zero_only
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, _session_end(api_pb2.STATUS_SUCCESS))
+
+    @rank_zero_only
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._write(trainer, _session_end(api_pb2.STATUS_FAILURE))
+
+
+class ValidateAtLastStep(pl.Callback):
+    """Validate after the last step when `max_steps` ends training mid-epoch.
+
+    Lightning validates at epoch ends and `val_check_interval`s only, so a short run
+    (`++trainer.max_steps=50`) would end with no val scores, no hp_metric and no best checkpoint.
+    Asking the trainer to stop makes it validate first, as it does for early stopping.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True

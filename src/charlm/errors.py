@@ -6,6 +6,6 @@ from hydra.errors import CompactHydraException
 class CharLMError(CompactHydraException):
     """Bad input or environment: the message names the problem and the fix.
 
-    It derives from Hydra's CompactHydraException so that `train.py` prints just the message, no
-    traceback, and so that one failing job of a multirun does not stop the others.
+    It derives from Hydra's CompactHydraException so that `train.py` prints just the message, not
+    a traceback.
     """

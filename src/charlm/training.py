@@ -13,8 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor
 
-from charlm.callbacks import LogHyperparameters
+from charlm.callbacks import LogHyperparameters, ValidateAtLastStep
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import CharLM
@@ -70,7 +71,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
     if cfg.get("seed") is not None:  # seed 0 is a seed too
         pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule: CharDataModule = instantiate(cfg.data)
+    datamodule: CharDataModule = instantiate(cfg.data, _convert_="all")  # plain lists in checkpoints
     datamodule.prepare_data()
     datamodule.setup()
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
@@ -84,10 +85,12 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         _recursive_=False,
         _convert_="all",
     )
-    # `callbacks.<name>=null` or `~logger` on the command line switches them off
+    # `~logger` and `callbacks.<name>=null` on the command line switch them off
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    callbacks.append(LogHyperparameters(run_hparams(cfg, model)))
+    if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to write
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks += [LogHyperparameters(run_hparams(cfg, model)), ValidateAtLastStep()]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     return datamodule, model, trainer
 
