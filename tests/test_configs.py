@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import ROOT, compose_train
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from pytorch_lightning.loggers import Logger
 
+from charlm import training
 from charlm.datamodule import CharDataModule
-from charlm.model import CharLM
+from charlm.errors import CharLMError
+from charlm.model import DEFAULT_OPTIMIZER, CharLM
 
 GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir())
 
@@ -38,7 +44,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
         overrides.append(f"data.path={tmp_path}")
     cfg = compose_train(overrides)
     assert cfg.hidden == cfg.model.hidden == 256
-    if group == "data" and option != "default":
+    if group == "data":
         assert isinstance(instantiate(cfg.data), CharDataModule)
     if group == "model":
         assert isinstance(instantiate(cfg.model, vocab=list("abc"), _recursive_=False), CharLM)
@@ -50,8 +56,10 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
         if option in ("default", "cpu"):
             trainer = instantiate(cfg.trainer, logger=False)
             assert trainer.gradient_clip_val == 1.0
-    if group in ("logger", "callbacks"):
-        assert all(instantiate(node) is not None for node in cfg[group].values())
+    if group == "logger":
+        assert all(isinstance(instantiate(node), Logger) for node in cfg.logger.values())
+    if group == "callbacks":
+        assert all(isinstance(instantiate(node), pl.Callback) for node in cfg.callbacks.values())
 
 
 def test_hidden_is_read_by_every_model_and_sweepable() -> None:
@@ -61,5 +69,14 @@ def test_hidden_is_read_by_every_model_and_sweepable() -> None:
 
 def test_missing_path_for_textfile_is_reported() -> None:
     cfg = compose_train(["data=textfile"])
-    with pytest.raises(Exception, match="path"):
-        instantiate(cfg.data)
+    with pytest.raises(CharLMError, match="no corpus: give data.path="):
+        training.instantiate(cfg.data)
+
+
+def test_code_defaults_match_the_configs() -> None:
+    """CharLM used from a notebook trains the same model as `python train.py`."""
+    cfg = compose_train([])
+    signature = inspect.signature(CharLM).parameters
+    for key in ("cell", "hidden", "num_layers", "dropout", "embedding_dim"):
+        assert signature[key].default == cfg.model[key], key
+    assert OmegaConf.to_container(cfg.optimizer) == DEFAULT_OPTIMIZER

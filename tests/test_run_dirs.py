@@ -6,17 +6,20 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from charlm import run_dirs
 
 
-def test_runs_in_the_same_second_get_their_own_directory(tmp_path: Path, monkeypatch) -> None:
-    class FrozenClock(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return cls(2026, 11, 23, 14, 5, 33)
+class FrozenClock(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 11, 23, 14, 5, 33)
 
+
+def test_runs_in_the_same_second_get_their_own_directory(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(run_dirs, "datetime", FrozenClock)
     claimed = [run_dirs.claim_dir(str(tmp_path / "runs")) for _ in range(3)]
     assert [Path(p).name for p in claimed] == [
@@ -25,6 +28,25 @@ def test_runs_in_the_same_second_get_their_own_directory(tmp_path: Path, monkeyp
         "2026-11-23_14-05-33_3",
     ]
     assert all(Path(p).is_dir() for p in claimed)
+
+
+def test_train_runs_name_their_directory_through_the_resolver(tmp_path: Path, monkeypatch) -> None:
+    """Two runs composed in the same second, as train.py composes them: two directories."""
+    monkeypatch.setattr(run_dirs, "datetime", FrozenClock)
+    run_dirs_seen = []
+    for _ in range(2):
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", [f"paths.root_dir={tmp_path}"], return_hydra_config=True)
+        run_dirs_seen.append(cfg.hydra.run.dir)
+        assert cfg.hydra.run.dir == run_dirs_seen[-1]  # read again: the same, nothing new made
+    assert run_dirs_seen == [
+        f"{tmp_path}/logs/runs/2026-11-23_14-05-33",
+        f"{tmp_path}/logs/runs/2026-11-23_14-05-33_2",
+    ]
+    assert sorted(p.name for p in (tmp_path / "logs" / "runs").iterdir()) == [
+        "2026-11-23_14-05-33",
+        "2026-11-23_14-05-33_2",
+    ]
 
 
 @pytest.mark.parametrize(

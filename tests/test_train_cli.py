@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT, TINY, run_train
+from conftest import TINY, run_train
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -59,25 +57,15 @@ def test_users_multirun_gives_two_named_runs_in_tensorboard(tmp_path: Path, quij
         assert "last.ckpt" in checkpoints and any(n.startswith("epoch") for n in checkpoints)
 
 
-def test_runs_started_together_never_share_a_directory(tmp_path: Path) -> None:
-    args = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "data=names",
-        "hidden=8",
-        *TINY,
-        "++trainer.max_steps=2",
-        "~callbacks",
-    ]
-    procs = [
-        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    for proc in procs:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
-    runs = list((tmp_path / "logs" / "runs").iterdir())
-    assert len(runs) == 2
-    assert all(list(run.glob("events.out.tfevents.*")) for run in runs)
+def test_a_single_run_shorter_than_an_epoch(tmp_path: Path) -> None:
+    result = run_train(["data=names", "hidden=8", *TINY, "++trainer.max_steps=3"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "runs").iterdir()
+    multiplexer = load_runs(tmp_path / "logs")
+    assert list(multiplexer.Runs()) == [f"runs/{run.name}"]
+    assert [e.step for e in multiplexer.Scalars(f"runs/{run.name}", "val/ppl")] == [2]  # after step 3
+    assert list((run / "checkpoints").glob("epoch000-step3-*.ckpt"))
+    assert "done: best val loss" in result.stderr + result.stdout
 
 
 def test_download_failure_is_one_clear_line_and_leaves_nothing(tmp_path: Path) -> None:
