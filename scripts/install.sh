@@ -14,6 +14,7 @@ CPU_INDEX=https://download.pytorch.org/whl/cpu
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --progress-bar off)
+extra=()
 
 if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "torch already installed: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
@@ -23,13 +24,14 @@ elif [ "$(uname -s)" = Darwin ] || { command -v nvidia-smi >/dev/null && nvidia-
 else
     # The "+cpu" local version names only the CPU build, so this can never fall back to CUDA.
     # PyTorch's CPU index serves it; a mirror or --find-links in pip's own config may too.
-    extra=()
     if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('$CPU_INDEX/torch/', timeout=5)" \
         >/dev/null 2>&1; then
         extra=(--extra-index-url "$CPU_INDEX")
     fi
-    "${pip[@]}" "${extra[@]}" "torch==$TORCH_VERSION+cpu"
+    "${pip[@]}" ${extra[@]+"${extra[@]}"} "torch==$TORCH_VERSION+cpu"
 fi
 
-"${pip[@]}" -e ".[dev]"
+# Pinned to the torch now installed, so no dependency can swap it for another (CUDA) build.
+torch_installed=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+"${pip[@]}" ${extra[@]+"${extra[@]}"} -e ".[dev]" -c <(echo "torch==$torch_installed")
 echo "charlm installed in $VENV: activate it with 'source $VENV/bin/activate'"
