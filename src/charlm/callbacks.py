@@ -59,11 +59,10 @@ class LogHyperparameters(pl.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in trainer.loggers:  # TensorBoard's, given no metrics, only fills hparams.yaml
+            logger.log_hyperparams(self.params)
         _, session_start, _ = hparams(self.params, {})
         self._write(trainer, session_start)
-        for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(self.params)
 
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
