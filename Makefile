@@ -15,6 +15,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/python train.py data=names trainer.max_epochs=5
+	@echo "Next: 'source $(VENV)/bin/activate', then 'tensorboard --logdir logs' (or 'make tensorboard')"
 
 test: install
 	$(BIN)/python -m pytest
