@@ -111,9 +111,11 @@ def test_resuming_keeps_the_best_val_perplexity(tmp_path: Path, text_file: Path)
     assert after["hp_metric"] == pytest.approx(running_best[len(before["val/ppl"]) :])
 
 
-def test_training_without_a_logger(tmp_path: Path, text_file: Path) -> None:
-    assert train_tiny(tmp_path, text_file, "~logger") > 0
+def test_trainer_switches_turn_off_logging_bar_and_checkpoints(tmp_path: Path, text_file: Path) -> None:
+    off = ["~logger", "++trainer.enable_progress_bar=false", "++trainer.enable_checkpointing=false"]
+    assert train_tiny(tmp_path, text_file, *off) < math.log(len(set(text_file.read_text(encoding="utf-8"))))
     assert not list((tmp_path / "run").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_checkpoint_carries_vocabulary_and_loads_without_config(tmp_path: Path, text_file: Path) -> None:

@@ -43,8 +43,8 @@ class CharLM(pl.LightningModule):
         self.vocab = Vocabulary(tuple(vocab))
         self.net = CharRNN(len(self.vocab), cell, hidden, num_layers, dropout, embedding_dim)
         self.train_scores, self.val_scores, self.test_scores = CharScores(), CharScores(), CharScores()
-        self.best_val_ppl = MinMetric()
-        self.best_val_ppl.persistent(True)  # kept in checkpoints, so a resumed run remembers it
+        self.best_val_loss = MinMetric()
+        self.best_val_loss.persistent(True)  # kept in checkpoints, so a resumed run remembers it
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         return self.net(ids, state)
@@ -80,9 +80,9 @@ class CharLM(pl.LightningModule):
         if self.trainer.sanity_checking:  # a couple of batches before training: not a score
             self.val_scores.reset()
             return
-        self.best_val_ppl.update(self._log_scores("val", self.val_scores)["ppl"])
+        self.best_val_loss.update(self._log_scores("val", self.val_scores)["loss"])
         # TensorBoard's HPARAMS tab ranks runs by hp_metric: the best val perplexity so far
-        self.log("hp_metric", self.best_val_ppl.compute())
+        self.log("hp_metric", self.best_val_loss.compute().exp())
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_scores)

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
 from charlm.callbacks import LogHyperparameters, ValidateAtLastStep
 from charlm.datamodule import CharDataModule
@@ -88,8 +88,13 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
     # `~logger` and `callbacks.<name>=null` on the command line switch them off
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    if not loggers:  # Lightning refuses a learning-rate monitor with nowhere to write
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    # The Trainer's own switches win: Lightning refuses these callbacks when they are off.
+    switched_off = {
+        LearningRateMonitor: not loggers,
+        ProgressBar: cfg.trainer.get("enable_progress_bar") is False,
+        Checkpoint: cfg.trainer.get("enable_checkpointing") is False,
+    }
+    callbacks = [c for c in callbacks if not any(isinstance(c, k) and off for k, off in switched_off.items())]
     callbacks += [LogHyperparameters(run_hparams(cfg, model)), ValidateAtLastStep()]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     return datamodule, model, trainer
@@ -99,12 +104,11 @@ def train(cfg: DictConfig) -> float | None:
     """Train, test with the best checkpoint, and return the best val loss (for Hydra sweepers)."""
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    best = float(model.best_val_loss.compute()) if model.best_val_loss.update_called else None
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
     trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
 
-    score = checkpoint.best_model_score if checkpoint else None
-    best = None if score is None else float(score)
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     log.info(
         "done: best val loss %s; test loss %.4f, ppl %.3f, bpc %.3f; output in %s",
