@@ -12,9 +12,6 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
-# Columns of TensorBoard's HPARAMS table: hp_metric is the best val perplexity (see CharLM).
-HPARAMS_METRICS = ("hp_metric", "val/loss", "val/ppl", "val/bpc", "test/ppl", "test/bpc")
-
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"model": {"hidden": 32}} -> {"model/hidden": 32}, values as TensorBoard accepts them."""
