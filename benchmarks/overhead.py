@@ -21,6 +21,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from charlm.network import CharRNN
 from charlm.training import build
@@ -108,7 +109,8 @@ def main() -> None:
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
 
-    datamodule, _, _ = build(cfg)
+    datamodule = instantiate(cfg.data)  # the data alone: no trainer or logger for the plain loop
+    datamodule.setup()
     windows, vocab_size = datamodule.datasets["train"].windows, len(datamodule.vocab)
     print(
         f"{corpus}, {args.model} hidden {args.hidden} x{cfg.model.num_layers}, "
