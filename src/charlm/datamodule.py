@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, default_convert
+import torch
+from torch.utils.data import Dataset, DistributedSampler, default_convert
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from charlm.corpora import Corpus, TextFiles
 from charlm.errors import CharLMError
 from charlm.preprocess import preprocess
 from charlm.vocab import Vocabulary
-from charlm.windows import WindowDataset, split_bounds
+from charlm.windows import StreamBatches, WindowDataset, split_bounds
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,11 @@ class CharDataModule(pl.LightningDataModule):
 
     Give either `corpus` (see `charlm.corpora`) or `path` (a local UTF-8 file or folder of .txt
     files). `stride` defaults to `seq_len` (non-overlapping chunks); 1 gives every window.
+    `stateful=True` lays every split out as `batch_size` parallel streams read in order instead
+    (see `StreamBatches`), for a model that carries its hidden state across batches.
+
+    The loaders are torchdata's StatefulDataLoader: Lightning saves their position in checkpoints,
+    so a run resumed mid-epoch sees exactly the batches it had not seen yet.
     """
 
     def __init__(
@@ -39,6 +46,7 @@ class CharDataModule(pl.LightningDataModule):
         letters_only: bool = False,
         batch_size: int = 64,
         num_workers: int = 0,
+        stateful: bool = False,
     ):
         super().__init__()
         if corpus is None and path is None:
@@ -59,8 +67,9 @@ class CharDataModule(pl.LightningDataModule):
         self.splits = tuple(splits)
         self.lowercase, self.letters_only = lowercase, letters_only
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.stateful = stateful
         self.vocab: Vocabulary | None = None
-        self.datasets: dict[str, WindowDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
 
     def prepare_data(self) -> None:
         self.corpus.fetch(self.data_dir)
@@ -74,12 +83,7 @@ class CharDataModule(pl.LightningDataModule):
         self.vocab = Vocabulary.from_text(text)
         ids = self.vocab.encode(text)
         for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.splits), strict=True):
-            if end - start < self.seq_len + 1:
-                raise CharLMError(
-                    f"the {name} split has {end - start:,} characters, fewer than one window "
-                    f"(seq_len + 1 = {self.seq_len + 1}): shorten seq_len or change data.splits"
-                )
-            self.datasets[name] = WindowDataset(ids[start:end], self.seq_len, self.stride)
+            self.datasets[name] = self._dataset(name, ids[start:end])
         log.info(
             "corpus %s: %s characters, vocabulary %d, windows %s",
             self.corpus.name,
@@ -88,21 +92,53 @@ class CharDataModule(pl.LightningDataModule):
             " / ".join(f"{name} {len(ds):,}" for name, ds in self.datasets.items()),
         )
 
-    def _loader(self, stage: str) -> DataLoader:
-        return DataLoader(
-            self.datasets[stage],
-            batch_size=self.batch_size,
-            shuffle=stage == "train",
+    def _dataset(self, name: str, ids: torch.Tensor) -> Dataset:
+        if self.stateful:
+            if len(ids) < 2 * self.batch_size:
+                raise CharLMError(
+                    f"the {name} split has {len(ids):,} characters, too few for {self.batch_size} "
+                    f"streams of at least 2 (data.stateful=true): lower data.batch_size or change data.splits"
+                )
+            return StreamBatches(ids, self.batch_size, self.seq_len)
+        if len(ids) < self.seq_len + 1:
+            raise CharLMError(
+                f"the {name} split has {len(ids):,} characters, fewer than one window "
+                f"(seq_len + 1 = {self.seq_len + 1}): shorten seq_len or change data.splits"
+            )
+        return WindowDataset(ids, self.seq_len, self.stride)
+
+    def _shuffled(self, dataset: Dataset) -> DistributedSampler:
+        """A shuffle that is a function of (seed, epoch), so a run resumed mid-epoch replays the order
+        of an unbroken one; one share per DDP rank. Lightning sets the epoch at each epoch start,
+        but only after a resumed loader has skipped what it had seen: so it is set here too."""
+        trainer = self.trainer
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            shuffle=True,
+            seed=torch.initial_seed(),
+        )
+        sampler.set_epoch(trainer.current_epoch if trainer else 0)
+        return sampler
+
+    def _loader(self, stage: str) -> StatefulDataLoader:
+        dataset = self.datasets[stage]
+        return StatefulDataLoader(
+            dataset,
+            batch_size=None if self.stateful else self.batch_size,  # stream batches come whole
+            sampler=self._shuffled(dataset) if stage == "train" and not self.stateful else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=default_convert,  # __getitems__ already returns the stacked batch
+            generator=torch.Generator(),  # leaves the global random state (dropout) to the model
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test")

@@ -19,12 +19,20 @@ from charlm.vocab import Vocabulary
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 2e-3, "weight_decay": 0.0}
 
 
+def detach(state: State) -> State:
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
 class CharLM(pl.LightningModule):
     """Character-level language model with its vocabulary, so a checkpoint is all you need.
 
     `optimizer` and `scheduler` are Hydra-style dicts (`_target_` plus arguments; see
     `conf/optimizer`, `conf/scheduler`), kept as plain data so checkpoints load with
     `torch.load(weights_only=True)` and without the training config.
+
+    `stateful=True` (set with `data.stateful=true`, whose batches continue one another row by row)
+    carries the hidden state from each batch into the next, detached so that gradients stop at the
+    batch boundary (truncated BPTT); each stage starts its epoch from a zero state.
     """
 
     def __init__(
@@ -37,6 +45,7 @@ class CharLM(pl.LightningModule):
         embedding_dim: int | None = 64,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
+        stateful: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs its whole config instead
@@ -45,17 +54,29 @@ class CharLM(pl.LightningModule):
         self.train_scores, self.val_scores, self.test_scores = CharScores(), CharScores(), CharScores()
         self.best_val_loss = MinMetric()
         self.best_val_loss.persistent(True)  # kept in checkpoints, so a resumed run remembers it
+        self._carried: dict[str, State] = {}  # per stage: validation mid-epoch leaves training's alone
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         return self.net(ids, state)
 
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         inputs, targets = batch
-        logits, _ = self.net(inputs)
+        logits, state = self.net(inputs, self._carried.get(stage))
+        if self.hparams.stateful:
+            self._carried[stage] = detach(state)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten().long())
 
+    def on_train_epoch_start(self) -> None:
+        self._carried.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._carried.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._carried.pop("test", None)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        loss = self._loss(batch, "train")
         self.train_scores.update(loss.detach(), batch[1].numel())
         # Write the mean over the batches since the last write, on the steps Lightning writes logs
         # (the test its own LearningRateMonitor uses): self.log costs ~0.3 ms, a metric update little.
@@ -64,10 +85,10 @@ class CharLM(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.val_scores.update(self._loss(batch), batch[1].numel())
+        self.val_scores.update(self._loss(batch, "val"), batch[1].numel())
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.test_scores.update(self._loss(batch), batch[1].numel())
+        self.test_scores.update(self._loss(batch, "test"), batch[1].numel())
 
     def _log_scores(self, stage: str, metric: CharScores) -> dict[str, torch.Tensor]:
         scores = metric.compute()
@@ -86,6 +107,20 @@ class CharLM(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_scores)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning keeps the data order (StatefulDataLoader) but not the random state: with it,
+        # a resumed run draws the same dropout masks as one that was never stopped.
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state(states["cuda"], self.device)
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
 from charlm.callbacks import LogHyperparameters, ValidateAtLastStep
+from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import CharLM
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning's own use of torch's pytree API, not ours; and its advertisement for a cloud logger.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# torchdata's StatefulDataLoader calling an API that newer torch deprecates
+warnings.filterwarnings("ignore", "'set_vital' is deprecated")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
@@ -96,14 +99,19 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
     }
     callbacks = [c for c in callbacks if not any(isinstance(c, k) and off for k, off in switched_off.items())]
     callbacks += [LogHyperparameters(run_hparams(cfg, model)), ValidateAtLastStep()]
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
+    )
     return datamodule, model, trainer
 
 
 def train(cfg: DictConfig) -> float | None:
     """Train, test with the best checkpoint, and return the best val loss (for Hydra sweepers)."""
+    resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
     datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     best = float(model.best_val_loss.compute()) if model.best_val_loss.update_called else None
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""

@@ -1,4 +1,8 @@
-"""Next-character examples: windows over one encoded corpus, split into contiguous parts."""
+"""Next-character examples over one encoded corpus, split into contiguous parts.
+
+Two layouts: independent windows (`WindowDataset`, shuffled), or parallel streams read in order
+(`StreamBatches`, for training that carries the hidden state from batch to batch).
+"""
 
 from __future__ import annotations
 
@@ -41,3 +45,30 @@ class WindowDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.windows[torch.as_tensor(indices)]
         return batch[:, :-1], batch[:, 1:]
+
+
+class StreamBatches(Dataset):
+    """Whole batches of `batch_size` parallel streams, so row i of batch t+1 continues row i of batch t.
+
+    The text is cut into `batch_size` contiguous streams (the `batchify` of pytorch/examples
+    word_language_model) and each batch is the next `seq_len` characters of every stream; the last
+    batch may be shorter. A model that carries its hidden state from one batch to the next thus
+    reads each stream from start to end: truncated backpropagation through time.
+    """
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int):
+        if seq_len < 1 or batch_size < 1:
+            raise CharLMError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1")
+        stream_len = len(ids) // batch_size
+        self.streams = ids[: stream_len * batch_size].view(batch_size, stream_len)
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return -(-(self.streams.shape[1] - 1) // self.seq_len)  # ceil: a shorter last batch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        start = index * self.seq_len
+        end = min(start + self.seq_len, self.streams.shape[1] - 1)
+        return self.streams[:, start:end], self.streams[:, start + 1 : end + 1]

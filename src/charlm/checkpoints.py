@@ -1,0 +1,90 @@
+"""Checkpoints: written so a crash never costs the last good one, found from a run directory."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+
+from charlm.errors import CharLMError
+from charlm.model import CharLM
+
+LAST = "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a file beside its target, then rename it into place.
+
+    Lightning stages checkpoints in $TMPDIR and moves them, which is a plain copy, not atomic, when
+    $TMPDIR is another filesystem (a tmpfs /tmp, as on many clusters): a job killed mid-copy would
+    leave a truncated last.ckpt where the good one was. A rename within one directory is atomic.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CharLMError(f"cannot read checkpoint {path} ({err}): it is damaged or no checkpoint") from None
+
+
+def _best_recorded(last: Path) -> Path | None:
+    """The best checkpoint that the ModelCheckpoint callbacks recorded in `last`, if still there."""
+    for key, state in _read(last).get("callbacks", {}).items():
+        best = state.get("best_model_path") if key.startswith("ModelCheckpoint") else None
+        if best and state.get("monitor") and (last.parent / Path(best).name).exists():
+            return last.parent / Path(best).name  # by name: the run directory may have moved
+    return None
+
+
+def find_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """The checkpoint file that `path` means: itself if a file, else the `best` or `last` one of a
+    run directory (or its checkpoints/ folder)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CharLMError(f"no checkpoint at {path}: give a .ckpt file or a run directory")
+    if (path / "multirun.yaml").exists():
+        jobs = sorted(p.name for p in path.iterdir() if (p / "checkpoints").is_dir())
+        raise CharLMError(f"{path} is a multirun: choose one of its jobs ({', '.join(jobs) or 'none yet'})")
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = sorted(folder.glob("*.ckpt"))
+    if not found:
+        raise CharLMError(f"no checkpoints in {folder}: the run may have stopped before saving one")
+    last = folder / LAST
+    if which == "last" and last.exists():
+        return last
+    if which == "best" and last.exists() and (best := _best_recorded(last)):
+        return best
+    return max(found, key=lambda p: p.stat().st_mtime)  # the newest, when the record is missing
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> CharLM:
+    """The model of a checkpoint file or run directory (its best checkpoint), in eval mode.
+
+    Checkpoints hold the vocabulary and the model settings, so neither the corpus nor the training
+    config is needed; `device` places the weights, so a model trained on GPU loads on a CPU.
+    """
+    file = find_checkpoint(path)
+    _read(file)  # a damaged file gets one clear line rather than a deep traceback
+    model = CharLM.load_from_checkpoint(file, map_location=torch.device(device), weights_only=True)
+    return model.eval()
