@@ -8,7 +8,7 @@ Configuration lives in conf/ (see `python train.py --help`); the pipeline in src
 import hydra
 from omegaconf import DictConfig
 
-from charlm.cli import hydra_flags_first
+from charlm.cli import hydra_flags_first, quote_free_text
 from charlm.training import train
 
 
@@ -19,4 +19,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     hydra_flags_first()
+    quote_free_text(text_keys=("callbacks.sample_text.prompt",))
     main()

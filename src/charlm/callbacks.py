@@ -12,6 +12,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
+from charlm.generation import generate
+
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"model": {"hidden": 32}} -> {"model/hidden": 32}, values as TensorBoard accepts them."""
@@ -83,3 +85,32 @@ class ValidateAtLastStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+class SampleText(pl.Callback):
+    """Write a sample of generated text to TensorBoard's TEXT tab every `every_n_epochs` epochs.
+
+    The prompt and seed are fixed, so the samples of one run show what it learnt epoch by epoch.
+    """
+
+    def __init__(
+        self,
+        prompt: str = "",
+        length: int = 300,
+        temperature: float = 0.8,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+    ):
+        self.prompt, self.length, self.temperature = prompt, length, temperature
+        self.every_n_epochs, self.seed = every_n_epochs, seed
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs < 1 or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        text = generate(pl_module, self.prompt, self.length, self.temperature, seed=self.seed)[0]
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # indented four spaces: TensorBoard renders markdown, and this keeps line breaks as written
+                markdown = "\n".join("    " + line for line in text.split("\n"))
+                logger.experiment.add_text("samples", markdown, global_step=trainer.global_step)

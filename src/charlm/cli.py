@@ -1,11 +1,19 @@
 """Command-line glue shared by the entry points."""
 
+from __future__ import annotations
+
+import re
 import sys
+from collections.abc import Iterable
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 # Hydra's flags that take no value. Hydra 1.3 parses its command line with argparse, which stops
 # collecting overrides at a flag: `train.py model=lstm -m hidden=32,256` fails with "unrecognized
 # arguments" (facebookresearch/hydra#3053). Moving these flags first makes any order work.
 _BARE_FLAGS = {"-m", "--multirun", "-r", "--run", "--resolve"}
+_OVERRIDE = re.compile(r"^(?P<key>[+~]{0,2}[\w.@/-]+)=(?P<value>.*)$", re.DOTALL)
 
 
 def hydra_flags_first(argv: list[str] | None = None) -> None:
@@ -13,3 +21,33 @@ def hydra_flags_first(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
     args = argv[1:]
     argv[1:] = [a for a in args if a in _BARE_FLAGS] + [a for a in args if a not in _BARE_FLAGS]
+
+
+def hydra_quote(text: str) -> str:
+    """`text` as a single-quoted Hydra string: quotes escaped, and the backslashes before them."""
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    return "'" + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + "'"
+
+
+def _parses(override: str) -> bool:
+    try:
+        OverridesParser.create().parse_override(override)
+    except HydraException:  # the lexer and the parser raise different kinds
+        return False
+    return True
+
+
+def quote_free_text(argv: list[str] | None = None, text_keys: Iterable[str] = ()) -> None:
+    """Quote, in place, override values that Hydra's grammar would reject, and always those of
+    `text_keys`: `prompt=¿Qué es, Sancho?` and `data.path=~/poemas/canción.txt` then work as typed
+    (Hydra accepts no accents, `¿`, `,` or `€` in an unquoted value). Quoted values stay as they are.
+    """
+    argv = sys.argv if argv is None else argv
+    for i, arg in enumerate(argv[1:], start=1):
+        match = _OVERRIDE.match(arg)
+        if not match:
+            continue
+        key, value = match["key"], match["value"]
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        if not quoted and (key in text_keys or not _parses(arg)):
+            argv[i] = f"{key}={hydra_quote(value)}"
