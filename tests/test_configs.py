@@ -9,11 +9,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import ROOT, compose_train
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import Logger
 
-from charlm import training
+from charlm import generate, training
+from charlm.cli import quote_free_text
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import DEFAULT_OPTIMIZER, CharLM
@@ -80,3 +83,35 @@ def test_code_defaults_match_the_configs() -> None:
     for key in ("cell", "hidden", "num_layers", "dropout", "embedding_dim"):
         assert signature[key].default == cfg.model[key], key
     assert OmegaConf.to_container(cfg.optimizer) == DEFAULT_OPTIMIZER
+
+
+def test_generate_config_defaults_match_the_sampler() -> None:
+    """`python generate.py` and `charlm.generate` in a notebook write the same way by default."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=["ckpt=run"])
+    signature = inspect.signature(generate).parameters
+    for key in ("prompt", "length", "temperature", "top_k", "num_samples", "seed", "stop_at_newline"):
+        assert signature[key].default == cfg[key], key
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["¿Qué es, Sancho?", "JOSÉ", "it's", "a\\'b", "ends in \\", "two\nlines", "", "1234", "null"],
+)
+def test_free_text_reaches_hydra_as_typed(value: str) -> None:
+    argv = ["generate.py", f"prompt={value}"]
+    quote_free_text(argv, text_keys=("prompt",))
+    assert OverridesParser.create().parse_override(argv[1]).value() == value
+
+
+def test_only_overrides_hydra_rejects_are_quoted() -> None:
+    argv = ["train.py", "data.path=~/poemas/canción.txt", "-m", "hidden=32,256", "ckpt_path=null", "x='a b'"]
+    quote_free_text(argv)
+    assert argv == [
+        "train.py",
+        "data.path='~/poemas/canción.txt'",
+        "-m",
+        "hidden=32,256",
+        "ckpt_path=null",
+        "x='a b'",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import unicodedata
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from charlm.datamodule import STAGES, CharDataModule
 from charlm.errors import CharLMError
 from charlm.preprocess import preprocess
 from charlm.vocab import Vocabulary
-from charlm.windows import WindowDataset, split_bounds
+from charlm.windows import StreamBatches, WindowDataset, split_bounds
 
 
 def test_vocabulary_is_sorted_and_round_trips(tmp_path: Path) -> None:
@@ -112,6 +113,30 @@ def test_datamodule_batches(text_file: Path) -> None:
     assert not torch.equal(first_batch(0), torch.stack([dm.datasets["train"][i][0] for i in range(8)]))
     assert torch.equal(first_batch(0), first_batch(0))
     assert not torch.equal(first_batch(0), first_batch(1))
+
+
+def test_stream_batches_continue_each_other_row_by_row() -> None:
+    ids = torch.arange(103)
+    batches = StreamBatches(ids, batch_size=4, seq_len=10)  # 4 streams of 25: 3 batches of 10, 10, 4
+    assert len(batches) == 3 and [b[0].shape for b in batches] == [(4, 10), (4, 10), (4, 4)]
+    inputs = torch.cat([x for x, _ in batches], dim=1)
+    targets = torch.cat([y for _, y in batches], dim=1)
+    streams = ids[:100].view(4, 25)
+    assert torch.equal(inputs, streams[:, :-1]) and torch.equal(targets, streams[:, 1:])
+    # row i of batch t+1 starts where row i of batch t stopped
+    assert torch.equal(batches[1][0][:, 0], batches[0][1][:, -1])
+
+
+def test_stateful_datamodule_reads_the_streams_in_order(text_file: Path) -> None:
+    dm = CharDataModule(path=str(text_file), seq_len=16, batch_size=8, stateful=True)
+    dm.setup()
+    for stage in STAGES:
+        loader = getattr(dm, f"{stage}_dataloader")()
+        batches = list(loader)
+        assert all(x.shape[0] == 8 for x, _ in batches)
+        assert all(torch.equal(b[0][:, 0], a[1][:, -1]) for a, b in itertools.pairwise(batches))
+    with pytest.raises(CharLMError, match="val split has .* too few for 500 streams"):
+        CharDataModule(path=str(text_file), batch_size=500, stateful=True).setup()
 
 
 def test_a_split_shorter_than_one_window_is_refused(text_file: Path) -> None:

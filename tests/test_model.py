@@ -6,10 +6,13 @@ import math
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from conftest import TINY, compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.metrics import CharScores
 from charlm.model import CharLM
@@ -166,3 +169,27 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
 def test_bad_network_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(CharLMError, match=message):
         CharRNN(10, **kwargs)
+
+
+def test_stateful_validation_reads_each_stream_as_one_sequence(text_file: Path) -> None:
+    datamodule = CharDataModule(path=str(text_file), seq_len=16, batch_size=4, stateful=True)
+    datamodule.setup()
+    model = CharLM(list(datamodule.vocab.chars), hidden=16, num_layers=2, embedding_dim=8, stateful=True)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    first = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/loss"]
+    second = trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/loss"]
+    streams = datamodule.datasets["val"].streams  # the whole split, batch_size rows
+    with torch.inference_mode():
+        logits, _ = model(streams[:, :-1])
+    whole = F.cross_entropy(logits.flatten(0, 1), streams[:, 1:].flatten().long()).item()
+    assert first == pytest.approx(whole, rel=1e-5)  # carrying the state = reading it all at once
+    assert second == first  # each epoch starts from a zero state
+
+
+def test_stateful_training_learns(tmp_path: Path, text_file: Path) -> None:
+    best_val_loss = train_tiny(tmp_path, text_file, "data.stateful=true", "++trainer.max_steps=30")
+    assert best_val_loss < math.log(len(set(text_file.read_text(encoding="utf-8"))))
+    raw = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert raw["hyper_parameters"]["stateful"] and raw["datamodule_hyper_parameters"]["stateful"]

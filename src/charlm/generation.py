@@ -61,7 +61,7 @@ def generate(
     model: CharLM,
     prompt: str = "",
     length: int = 500,
-    temperature: float = 1.0,
+    temperature: float = 0.8,
     top_k: int | None = None,
     num_samples: int = 1,
     seed: int | None = None,
