@@ -1,5 +1,5 @@
 # Set-up on a fresh machine is two commands, each of which installs .venv on first use:
-#   make demo   # trains a small LSTM on the names corpus (no network needed)
+#   make demo   # trains a small LSTM on the names corpus (no network needed) and writes names
 #   make test   # runs the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,6 +15,8 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/python train.py data=names trainer.max_epochs=5
+	@echo "Ten names the model made up:"
+	$(BIN)/python generate.py ckpt=$$(ls -td logs/runs/*/ | head -1) stop_at_newline=true num_samples=10 length=30 seed=0
 	@echo "Next: 'source $(VENV)/bin/activate', then 'tensorboard --logdir logs' (or 'make tensorboard')"
 
 test: install
@@ -26,6 +28,7 @@ lint: install
 
 benchmark: install
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/generate.py
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs

@@ -39,5 +39,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    quote_free_text(text_keys=("prompt",))  # any text, as typed: prompt="¿Qué es, Sancho?"
+    quote_free_text(text=["prompt"], paths=["ckpt"])  # as typed: prompt="¿Qué es, Sancho?"
     main()

@@ -19,5 +19,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     hydra_flags_first()
-    quote_free_text(text_keys=("callbacks.sample_text.prompt",))
+    quote_free_text(text=["callbacks.sample_text.prompt"], paths=["data.path", "ckpt_path", "paths.data_dir"])
     main()

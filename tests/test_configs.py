@@ -100,18 +100,12 @@ def test_generate_config_defaults_match_the_sampler() -> None:
 )
 def test_free_text_reaches_hydra_as_typed(value: str) -> None:
     argv = ["generate.py", f"prompt={value}"]
-    quote_free_text(argv, text_keys=("prompt",))
+    quote_free_text(argv, text=["prompt"])
     assert OverridesParser.create().parse_override(argv[1]).value() == value
 
 
-def test_only_overrides_hydra_rejects_are_quoted() -> None:
-    argv = ["train.py", "data.path=~/poemas/canción.txt", "-m", "hidden=32,256", "ckpt_path=null", "x='a b'"]
-    quote_free_text(argv)
-    assert argv == [
-        "train.py",
-        "data.path='~/poemas/canción.txt'",
-        "-m",
-        "hidden=32,256",
-        "ckpt_path=null",
-        "x='a b'",
-    ]
+def test_only_paths_hydra_rejects_are_quoted_and_nothing_else() -> None:
+    kept = ["--config-name=train", "-m", "data.path=a.txt,b.txt", "ckpt_path=null", "x=¿", "data.splits=[0.8"]
+    argv = ["train.py", "++data.path=~/poemas/canción.txt", *kept]
+    quote_free_text(argv, paths=["data.path", "ckpt_path"])
+    assert argv == ["train.py", "++data.path='~/poemas/canción.txt'", *kept]

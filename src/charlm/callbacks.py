@@ -6,12 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
+from pytorch_lightning import callbacks
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
+from charlm.errors import CharLMError
 from charlm.generation import generate
 
 
@@ -87,10 +90,38 @@ class ValidateAtLastStep(pl.Callback):
             trainer.should_stop = True
 
 
+class ModelCheckpoint(callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint, but a run resumed into a new directory keeps the record of the
+    best checkpoints so far, so that "best" is the best of the whole run (it may stay in the old
+    directory, from which nothing is ever deleted). Lightning forgets all but the best's path when
+    the directory changes, and would then take the first validation after a resume for the best."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+
+
+class RandomState(pl.Callback):
+    """Keep torch's random state in checkpoints, so a resumed run draws the same dropout masks as
+    one that never stopped (Lightning keeps the data order, through StatefulDataLoader, but not
+    this). A callback, not a module hook: loading a model to use it must not reset anyone's RNG."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()  # the current device: this rank's
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"].cpu())
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state_dict["cuda"].cpu())
+
+
 class SampleText(pl.Callback):
     """Write a sample of generated text to TensorBoard's TEXT tab every `every_n_epochs` epochs.
 
-    The prompt and seed are fixed, so the samples of one run show what it learnt epoch by epoch.
+    The prompt and seed are fixed, so the samples of one run show what it learnt epoch by epoch;
+    a seed of its own also leaves the training's random state alone (exact resumes).
     """
 
     def __init__(
@@ -101,16 +132,23 @@ class SampleText(pl.Callback):
         every_n_epochs: int = 1,
         seed: int = 0,
     ):
+        if seed is None:
+            raise CharLMError("callbacks.sample_text.seed must be a number: samples draw from their own seed")
         self.prompt, self.length, self.temperature = prompt, length, temperature
         self.every_n_epochs, self.seed = every_n_epochs, seed
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        generate(pl_module, self.prompt, length=0)  # a prompt the model cannot read fails now, not in an hour
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs < 1 or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not writers:
+            return
         text = generate(pl_module, self.prompt, self.length, self.temperature, seed=self.seed)[0]
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # indented four spaces: TensorBoard renders markdown, and this keeps line breaks as written
-                markdown = "\n".join("    " + line for line in text.split("\n"))
-                logger.experiment.add_text("samples", markdown, global_step=trainer.global_step)
+        # indented four spaces: TensorBoard renders markdown, and a code block keeps the line breaks
+        markdown = "\n".join("    " + line for line in text.split("\n"))
+        for writer in writers:
+            writer.add_text("samples", markdown, global_step=trainer.global_step)

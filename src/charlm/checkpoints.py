@@ -6,7 +6,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
@@ -47,15 +47,19 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _best_recorded(last: Path) -> Path | None:
-    """The best checkpoint that the ModelCheckpoint callbacks recorded in `last`, if still there."""
+    """The best checkpoint that the ModelCheckpoint callbacks recorded in `last`, if still there:
+    where it was written (a resumed run's best may be in the run it resumed), or else beside `last`
+    (the run directory may have moved)."""
     for key, state in _read(last).get("callbacks", {}).items():
         best = state.get("best_model_path") if key.startswith("ModelCheckpoint") else None
-        if best and state.get("monitor") and (last.parent / Path(best).name).exists():
-            return last.parent / Path(best).name  # by name: the run directory may have moved
+        if best and state.get("monitor"):
+            for candidate in (Path(best), last.parent / Path(best).name):
+                if candidate.is_file():
+                    return candidate
     return None
 
 
-def find_checkpoint(path: str | Path, which: str = "best") -> Path:
+def find_checkpoint(path: str | Path, which: Literal["best", "last"] = "best") -> Path:
     """The checkpoint file that `path` means: itself if a file, else the `best` or `last` one of a
     run directory (or its checkpoints/ folder)."""
     path = Path(path).expanduser()

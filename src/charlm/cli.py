@@ -13,7 +13,7 @@ from hydra.errors import HydraException
 # collecting overrides at a flag: `train.py model=lstm -m hidden=32,256` fails with "unrecognized
 # arguments" (facebookresearch/hydra#3053). Moving these flags first makes any order work.
 _BARE_FLAGS = {"-m", "--multirun", "-r", "--run", "--resolve"}
-_OVERRIDE = re.compile(r"^(?P<key>[+~]{0,2}[\w.@/-]+)=(?P<value>.*)$", re.DOTALL)
+_OVERRIDE = re.compile(r"^(?P<key>[+~]{0,2}[A-Za-z_][\w.@/-]*)=(?P<value>.*)$", re.DOTALL)
 
 
 def hydra_flags_first(argv: list[str] | None = None) -> None:
@@ -37,17 +37,23 @@ def _parses(override: str) -> bool:
     return True
 
 
-def quote_free_text(argv: list[str] | None = None, text_keys: Iterable[str] = ()) -> None:
-    """Quote, in place, override values that Hydra's grammar would reject, and always those of
-    `text_keys`: `prompt=¿Qué es, Sancho?` and `data.path=~/poemas/canción.txt` then work as typed
-    (Hydra accepts no accents, `¿`, `,` or `€` in an unquoted value). Quoted values stay as they are.
+def quote_free_text(
+    argv: list[str] | None = None, text: Iterable[str] = (), paths: Iterable[str] = ()
+) -> None:
+    """Quote, in place, the values of `text` keys (prompts: any text, as typed) and of `paths` keys
+    that Hydra's grammar would reject: `prompt=¿Qué es, Sancho?` and `data.path=~/poemas/canción.txt`
+    then work as typed, where Hydra accepts no accents, `¿`, `,` or `€` unquoted. Values already
+    quoted, and every other key, stay as they are: a typo elsewhere is still Hydra's error to report.
     """
     argv = sys.argv if argv is None else argv
+    text, paths = set(text), set(paths)
     for i, arg in enumerate(argv[1:], start=1):
         match = _OVERRIDE.match(arg)
-        if not match:
+        name = match["key"].lstrip("+~") if match else None
+        if name not in text | paths:
             continue
         key, value = match["key"], match["value"]
-        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
-        if not quoted and (key in text_keys or not _parses(arg)):
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            continue
+        if name in text or not _parses(arg):
             argv[i] = f"{key}={hydra_quote(value)}"

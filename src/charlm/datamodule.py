@@ -85,10 +85,11 @@ class CharDataModule(pl.LightningDataModule):
         for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.splits), strict=True):
             self.datasets[name] = self._dataset(name, ids[start:end])
         log.info(
-            "corpus %s: %s characters, vocabulary %d, windows %s",
+            "corpus %s: %s characters, vocabulary %d, %s %s",
             self.corpus.name,
             f"{len(ids):,}",
             len(self.vocab),
+            "stream batches" if self.stateful else "windows",
             " / ".join(f"{name} {len(ds):,}" for name, ds in self.datasets.items()),
         )
 
@@ -124,6 +125,9 @@ class CharDataModule(pl.LightningDataModule):
 
     def _loader(self, stage: str) -> StatefulDataLoader:
         dataset = self.datasets[stage]
+        if self.stateful and self.trainer and self.trainer.world_size > 1:
+            # Lightning would deal each rank every world_size-th batch: rows that do not follow on
+            raise CharLMError("data.stateful=true runs on one device for now: drop trainer=ddp or it")
         return StatefulDataLoader(
             dataset,
             batch_size=None if self.stateful else self.batch_size,  # stream batches come whole

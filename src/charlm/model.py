@@ -20,6 +20,7 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 2e-3, "weight_decay":
 
 
 def detach(state: State) -> State:
+    """The state without its history: gradients stop at the batch boundary (truncated BPTT)."""
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
@@ -107,20 +108,6 @@ class CharLM(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_scores)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning keeps the data order (StatefulDataLoader) but not the random state: with it,
-        # a resumed run draws the same dropout masks as one that was never stopped.
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states", {})
-        if "torch" in states:
-            torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state(states["cuda"], self.device)
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())

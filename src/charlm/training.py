@@ -15,7 +15,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
-from charlm.callbacks import LogHyperparameters, ValidateAtLastStep
+from charlm.callbacks import LogHyperparameters, RandomState, ValidateAtLastStep
 from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
@@ -98,7 +98,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         Checkpoint: cfg.trainer.get("enable_checkpointing") is False,
     }
     callbacks = [c for c in callbacks if not any(isinstance(c, k) and off for k, off in switched_off.items())]
-    callbacks += [LogHyperparameters(run_hparams(cfg, model)), ValidateAtLastStep()]
+    callbacks += [LogHyperparameters(run_hparams(cfg, model)), ValidateAtLastStep(), RandomState()]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
