@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+import pytorch_lightning as pl
 import torch
-from conftest import ROOT
+from conftest import ROOT, TINY, compose_train
 
 from charlm.callbacks import ModelCheckpoint
 from charlm.checkpoints import AtomicCheckpointIO
+from charlm.training import build
 
 # Three epochs of about 100 steps on a 60 kB corpus, dropout on, last.ckpt every 10 steps.
 RUN = [
@@ -121,3 +123,28 @@ def test_a_run_resumed_elsewhere_keeps_its_record_of_the_best(tmp_path: Path) ->
     # so the first validation after the resume is saved as best only if it beats 1.25
     assert after.best_model_score == 1.25 and after.best_k_models == before.best_k_models
     assert after.dirpath == str(tmp_path / "resumed")
+
+
+class SaveAt(pl.Callback):
+    def __init__(self, step: int, path: Path):
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_stateful_run_resumes_mid_epoch_with_its_streams_state(tmp_path: Path, text_file: Path) -> None:
+    def fit(name: str, resume: Path | None = None) -> dict[str, torch.Tensor]:
+        cfg = compose_train(
+            ["data=textfile", f"data.path={text_file}", f"paths.output_dir={tmp_path / name}", "hidden=16"]
+            + [*TINY, "data.stateful=true", "++trainer.max_steps=40", "model.dropout=0.1", "~logger"]
+        )
+        datamodule, model, trainer = build(cfg)
+        trainer.callbacks.append(SaveAt(15, tmp_path / "step15.ckpt"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+        return model.state_dict()
+
+    unbroken = fit("unbroken")
+    resumed = fit("resumed", tmp_path / "step15.ckpt")  # 15 of the epoch's 58 batches done
+    assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)

@@ -109,6 +109,14 @@ class CharLM(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_scores("test", self.test_scores)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "train" in self._carried:  # stateful, mid-epoch: the streams' state, for an exact resume
+            checkpoint["carried_state"] = self._carried["train"]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "carried_state" in checkpoint:
+            self._carried["train"] = checkpoint["carried_state"]
+
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())
         if not self.hparams.scheduler:
