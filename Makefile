@@ -15,8 +15,8 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/python train.py data=names trainer.max_epochs=5
-	@echo "Ten names the model made up:"
-	$(BIN)/python generate.py ckpt=$$(ls -td logs/runs/*/ | head -1) stop_at_newline=true num_samples=10 length=30 seed=0
+	@echo "Ten names the model wrote (a few may be real ones it learnt):"
+	@$(BIN)/python generate.py ckpt=$$(ls -td logs/runs/*/ | head -1) stop_at_newline=true num_samples=10 length=30 seed=0
 	@echo "Next: 'source $(VENV)/bin/activate', then 'tensorboard --logdir logs' (or 'make tensorboard')"
 
 test: install

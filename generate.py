@@ -22,6 +22,8 @@ def main(cfg: DictConfig) -> None:
     if not cfg.ckpt:
         raise CharLMError("give ckpt=<checkpoint file or run directory>, e.g. ckpt=logs/runs/<date>_<time>")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CharLMError(f"device={device}, but torch sees no GPU here: use device=cpu (or auto)")
     path = find_checkpoint(cfg.ckpt)
     print(f"# {path} on {device}", file=sys.stderr)
     samples = generate(

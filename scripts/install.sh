@@ -17,7 +17,7 @@ pip=("$VENV/bin/python" -m pip install --progress-bar off)
 extra=()
 
 if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    echo "torch already installed: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+    echo "torch already installed: $("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("torch"))')"
 elif [ "$(uname -s)" = Darwin ] || { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }; then
     # macOS wheels are CPU/MPS only; with an NVIDIA GPU the default (CUDA) build is the one we want.
     "${pip[@]}" "torch==$TORCH_VERSION"
@@ -32,6 +32,6 @@ else
 fi
 
 # Pinned to the torch now installed, so no dependency can swap it for another (CUDA) build.
-torch_installed=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')
+torch_installed=$("$VENV/bin/python" -c 'from importlib.metadata import version; print(version("torch"))')
 "${pip[@]}" ${extra[@]+"${extra[@]}"} -e ".[dev]" -c <(echo "torch==$torch_installed")
 echo "charlm installed in $VENV: activate it with 'source $VENV/bin/activate'"

@@ -10,7 +10,6 @@ import pytorch_lightning as pl
 import torch
 from conftest import ROOT, compose_train
 from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import Logger
@@ -96,12 +95,14 @@ def test_generate_config_defaults_match_the_sampler() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["¿Qué es, Sancho?", "JOSÉ", "it's", "a\\'b", "ends in \\", "two\nlines", "", "1234", "null"],
+    ["¿Qué es, Sancho?", "JOSÉ", "it's", "a\\'b", "ends in \\", "two\nlines", "", "1234", "null"]
+    + ['"Hola"', "'Sancho'", "${oc.env:HOME}", "[1,2]", "a=b"],
 )
-def test_free_text_reaches_hydra_as_typed(value: str) -> None:
+def test_a_prompt_reaches_generation_literally(value: str) -> None:
     argv = ["generate.py", f"prompt={value}"]
     quote_free_text(argv, text=["prompt"])
-    assert OverridesParser.create().parse_override(argv[1]).value() == value
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        assert compose("generate", overrides=["ckpt=run", argv[1]]).prompt == value
 
 
 def test_only_paths_hydra_rejects_are_quoted_and_nothing_else() -> None:

@@ -56,8 +56,9 @@ def test_missing_checkpoints_and_multiruns_are_explained(tmp_path: Path) -> None
     with pytest.raises(CharLMError, match="no checkpoint at"):
         find_checkpoint(tmp_path / "nowhere")
     (tmp_path / "multirun.yaml").write_text("{}")
-    (tmp_path / "0_hidden=8" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(CharLMError, match=r"is a multirun: choose one of its jobs \(0_hidden=8\)"):
+    for job in ("0_hidden=8", "1_hidden=16"):
+        (tmp_path / job / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CharLMError, match=r"holds 2 runs: choose one \(0_hidden=8, 1_hidden=16\)"):
         find_checkpoint(tmp_path)
 
 

@@ -114,6 +114,12 @@ def test_resuming_keeps_the_best_val_perplexity(tmp_path: Path, text_file: Path)
     assert after["hp_metric"] == pytest.approx(running_best[len(before["val/ppl"]) :])
 
 
+def test_resuming_a_finished_run_says_so(tmp_path: Path, text_file: Path) -> None:
+    train_tiny(tmp_path / "first", text_file)
+    with pytest.raises(CharLMError, match=r"nothing to resume: .* had finished its training \(step 12\)"):
+        train_tiny(tmp_path / "again", text_file, f"ckpt_path={tmp_path / 'first' / 'run'}")
+
+
 def test_trainer_switches_turn_off_logging_bar_and_checkpoints(tmp_path: Path, text_file: Path) -> None:
     off = ["~logger", "++trainer.enable_progress_bar=false", "++trainer.enable_checkpointing=false"]
     assert train_tiny(tmp_path, text_file, *off) < math.log(len(set(text_file.read_text(encoding="utf-8"))))

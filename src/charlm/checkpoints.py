@@ -39,7 +39,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint as plain data on the CPU (memory-mapped), or one clear error if it is damaged."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
@@ -50,7 +51,7 @@ def _best_recorded(last: Path) -> Path | None:
     """The best checkpoint that the ModelCheckpoint callbacks recorded in `last`, if still there:
     where it was written (a resumed run's best may be in the run it resumed), or else beside `last`
     (the run directory may have moved)."""
-    for key, state in _read(last).get("callbacks", {}).items():
+    for key, state in read_checkpoint(last).get("callbacks", {}).items():
         best = state.get("best_model_path") if key.startswith("ModelCheckpoint") else None
         if best and state.get("monitor"):
             for candidate in (Path(best), last.parent / Path(best).name):
@@ -67,11 +68,12 @@ def find_checkpoint(path: str | Path, which: Literal["best", "last"] = "best") -
         return path
     if not path.is_dir():
         raise CharLMError(f"no checkpoint at {path}: give a .ckpt file or a run directory")
-    if (path / "multirun.yaml").exists():
-        jobs = sorted(p.name for p in path.iterdir() if (p / "checkpoints").is_dir())
-        raise CharLMError(f"{path} is a multirun: choose one of its jobs ({', '.join(jobs) or 'none yet'})")
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     found = sorted(folder.glob("*.ckpt"))
+    runs = sorted(p.name for p in path.iterdir() if (p / "checkpoints").is_dir())
+    if not found and runs:  # a multirun, or logs/runs itself
+        shown = ", ".join(runs if len(runs) <= 6 else ["...", *runs[-5:]])
+        raise CharLMError(f"{path} holds {len(runs)} runs: choose one ({shown})")
     if not found:
         raise CharLMError(f"no checkpoints in {folder}: the run may have stopped before saving one")
     last = folder / LAST
@@ -89,6 +91,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CharLM:
     config is needed; `device` places the weights, so a model trained on GPU loads on a CPU.
     """
     file = find_checkpoint(path)
-    _read(file)  # a damaged file gets one clear line rather than a deep traceback
+    read_checkpoint(file)  # a damaged file gets one clear line rather than a deep traceback
     model = CharLM.load_from_checkpoint(file, map_location=torch.device(device), weights_only=True)
     return model.eval()

@@ -40,10 +40,10 @@ def _parses(override: str) -> bool:
 def quote_free_text(
     argv: list[str] | None = None, text: Iterable[str] = (), paths: Iterable[str] = ()
 ) -> None:
-    """Quote, in place, the values of `text` keys (prompts: any text, as typed) and of `paths` keys
-    that Hydra's grammar would reject: `prompt=¿Qué es, Sancho?` and `data.path=~/poemas/canción.txt`
-    then work as typed, where Hydra accepts no accents, `¿`, `,` or `€` unquoted. Values already
-    quoted, and every other key, stay as they are: a typo elsewhere is still Hydra's error to report.
+    """Quote, in place, the values of `text` keys (prompts: any text, taken literally) and of `paths`
+    keys that Hydra's grammar would reject: `prompt=¿Qué es, Sancho?` and `data.path=~/poemas/canción.txt`
+    then work as typed, where Hydra accepts no accents, `¿`, `,` or `€` unquoted. Quoted paths, and
+    every other key, stay as they are: a typo elsewhere is still Hydra's error to report.
     """
     argv = sys.argv if argv is None else argv
     text, paths = set(text), set(paths)
@@ -53,7 +53,8 @@ def quote_free_text(
         if name not in text | paths:
             continue
         key, value = match["key"], match["value"]
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            continue
-        if name in text or not _parses(arg):
-            argv[i] = f"{key}={hydra_quote(value)}"
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        if name in text:  # literally as typed: quotes kept, ${...} not interpolated
+            argv[i] = key + "=" + hydra_quote(value.replace("${", "\\${"))
+        elif not quoted and not _parses(arg):
+            argv[i] = key + "=" + hydra_quote(value)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
 from charlm.callbacks import LogHyperparameters, RandomState, ValidateAtLastStep
-from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint
+from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint, read_checkpoint
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import CharLM
@@ -112,6 +112,11 @@ def train(cfg: DictConfig) -> float | None:
     if resume:
         log.info("resuming from %s", resume)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    if resume and trainer.global_step == (step := read_checkpoint(resume)["global_step"]):
+        raise CharLMError(
+            f"nothing to resume: {resume} had finished its training (step {step}); "
+            "raise trainer.max_epochs or ++trainer.max_steps to train it further"
+        )
     best = float(model.best_val_loss.compute()) if model.best_val_loss.update_called else None
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
