@@ -12,29 +12,20 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
-from pathlib import Path
 
 import torch
+from common import ROOT, local_corpus, timed
 
 from charlm.corpora import CensusNames
 from charlm.vocab import Vocabulary
 from charlm.windows import WindowDataset
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def seed_text() -> tuple[str, str]:
-    for path in (ROOT / "data" / "quijote.txt", ROOT.parent / "shared" / "data" / "quijote.txt"):
-        if path.exists():
-            return "quijote", path.read_text(encoding="utf-8")
+    path = local_corpus("quijote")
+    if path:
+        return "quijote", path.read_text(encoding="utf-8")
     return "names", CensusNames().read(ROOT / "data")
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
 
 
 def main() -> None:

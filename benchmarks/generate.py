@@ -17,6 +17,7 @@ import string
 import time
 
 import torch
+from common import timed
 
 from charlm import CharLM, generate
 from charlm.generation import _pick
@@ -52,12 +53,6 @@ def _sync(model: CharLM) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, *args) -> float:  # noqa: ANN001
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
@@ -86,9 +81,9 @@ def main() -> None:
 
     print(f"{'length':>7} {'charlm chars/s':>15} {'naive chars/s':>15} {'speed-up':>9}")
     for length in LENGTHS:
-        ours = timed(generate, model, PROMPT, length, 0.8, None, 1, 0)
+        ours = timed(generate, model, PROMPT, length, 0.8, None, 1, 0)[1]
         if length <= args.naive_max:
-            theirs, mark = timed(naive, model, PROMPT, length), ""
+            theirs, mark = timed(naive, model, PROMPT, length)[1], ""
         else:
             theirs, mark = naive_estimate(length), " est."
         speeds = f"{length / ours:>15,.0f} {length / theirs:>15,.1f}{mark:<5}"

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from common import ROOT, local_corpus
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from charlm.network import CharRNN
 from charlm.training import build
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(cfg, windows: torch.Tensor, vocab_size: int, steps: int, warmup: int) -> float:
@@ -88,10 +87,9 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp())
     corpus = args.corpus
-    for found in (ROOT / "data" / f"{corpus}.txt", ROOT.parent / "shared" / "data" / f"{corpus}.txt"):
-        if found.exists():
-            shutil.copy(found, data_dir)
-            break
+    found = local_corpus(corpus)
+    if found:
+        shutil.copy(found, data_dir)
     else:
         corpus = "names"
     out_dir = Path(tempfile.mkdtemp())

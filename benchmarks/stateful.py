@@ -16,17 +16,13 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import time
-from pathlib import Path
 
 import pytorch_lightning as pl
+from common import ROOT, local_corpus, timed
 from hydra import compose, initialize_config_dir
 
 from charlm import CharDataModule, find_checkpoint, load_model
 from charlm.training import instantiate, train
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def val_loss(model: pl.LightningModule, datamodule: CharDataModule) -> float:
@@ -46,10 +42,10 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = ROOT / "data"
-    offline_copy = SHARED_DATA / f"{args.data}.txt"
-    if offline_copy.exists() and not (data_dir / offline_copy.name).exists():
+    found = local_corpus(args.data)
+    if found and found.parent != data_dir:
         data_dir.mkdir(exist_ok=True)
-        shutil.copy(offline_copy, data_dir / offline_copy.name)  # the hash is checked all the same
+        shutil.copy(found, data_dir / found.name)  # offline: the hash is checked all the same
 
     common = [
         f"data={args.data}",
@@ -67,9 +63,7 @@ def main() -> None:
             shutil.rmtree(output, ignore_errors=True)
             overrides = [*common, f"data.stateful={stateful}", f"paths.output_dir={output}"]
             cfg = compose("train", overrides=overrides)
-            start = time.perf_counter()
-            train(cfg)
-            seconds = time.perf_counter() - start
+            _, seconds = timed(train, cfg)
             model = load_model(find_checkpoint(output))
             scores = {}
             for layout in (False, True):

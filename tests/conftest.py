@@ -64,13 +64,16 @@ def quijote_dir(tmp_path: Path) -> tuple[Path, list[str]]:
     return data_dir, [f"data.corpus.sha256={digest}"]
 
 
+# For the entry points run as subprocesses: library warnings off, a terminal wide enough for the bar.
+SUBPROCESS_ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "120"}
+
+
 def run_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python train.py ARGS` from `cwd`, so that logs/ lands there."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "120"}
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd,
-        env=env,
+        env=SUBPROCESS_ENV,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_train
+from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm import CharLMError, find_checkpoint, generate, load_model
@@ -37,9 +36,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_generate(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(ROOT / "generate.py"), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=120)
 
 
 def test_a_run_directory_means_its_best_checkpoint(run_dir: Path) -> None:

@@ -13,7 +13,7 @@ from typing import BinaryIO
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT, TINY, compose_train
+from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train
 
 from charlm.callbacks import ModelCheckpoint
 from charlm.checkpoints import AtomicCheckpointIO
@@ -36,10 +36,9 @@ RUN = [
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(ROOT / "train.py"), *RUN, *args]
     return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command, cwd=cwd, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 

@@ -40,6 +40,11 @@ def _session_end(status: int) -> Summary:
     return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=smd)])
 
 
+def tensorboards(trainer: pl.Trainer) -> list[Any]:
+    """The SummaryWriters of the run's TensorBoard loggers (the other loggers have no TEXT or HPARAMS)."""
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
 class LogHyperparameters(pl.Callback):
     """Put the run's hyperparameters in TensorBoard's HPARAMS tab, where a sweep is compared.
 
@@ -54,10 +59,9 @@ class LogHyperparameters(pl.Callback):
 
     @staticmethod
     def _write(trainer: pl.Trainer, summary: Any) -> None:
-        for logger in trainer.loggers:
-            writer = logger.experiment.file_writer if isinstance(logger, TensorBoardLogger) else None
-            if writer is not None:  # None once Lightning has closed the logger
-                writer.add_summary(summary)
+        for experiment in tensorboards(trainer):
+            if experiment.file_writer is not None:  # None once Lightning has closed the logger
+                experiment.file_writer.add_summary(summary)
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -144,7 +148,7 @@ class SampleText(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs < 1 or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        writers = tensorboards(trainer)
         if not writers:
             return
         text = generate(pl_module, self.prompt, self.length, self.temperature, seed=self.seed)[0]

@@ -1,0 +1,25 @@
+"""What the benchmark scripts share: where the corpora are, and a timer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def local_corpus(name: str) -> Path | None:
+    """`<name>.txt` from the project's data/ or, offline, from ../shared/data/, if either has it."""
+    for path in (ROOT / "data" / f"{name}.txt", ROOT.parent / "shared" / "data" / f"{name}.txt"):
+        if path.exists():
+            return path
+    return None
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """fn(*args) and the seconds it took."""
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
