@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from conftest import TINY, run_train
@@ -65,7 +66,10 @@ def test_a_single_run_shorter_than_an_epoch(tmp_path: Path) -> None:
     assert list(multiplexer.Runs()) == [f"runs/{run.name}"]
     assert [e.step for e in multiplexer.Scalars(f"runs/{run.name}", "val/ppl")] == [2]  # after step 3
     assert list((run / "checkpoints").glob("epoch000-step3-*.ckpt"))
-    assert "done: best val loss" in result.stderr + result.stdout
+    assert re.search(
+        rf"done: {run.name}: params [\d,]+, val loss [\d.]+, .* status finished",
+        result.stdout + result.stderr,
+    )
 
 
 def test_download_failure_is_one_clear_line_and_leaves_nothing(tmp_path: Path) -> None:

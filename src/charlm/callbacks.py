@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -121,6 +122,38 @@ class RandomState(pl.Callback):
             torch.cuda.set_rng_state(state_dict["cuda"].cpu())
 
 
+class TrainingThroughput(callbacks.ThroughputMonitor):
+    """Lightning's ThroughputMonitor counting characters, for training only.
+
+    Logs `train/lengths` (characters so far), `train/time` (seconds of training, validation left
+    out) and `train/device/items_per_sec` (chars/s over the last `window_size` batches); the sweep
+    report divides the first two. Validation is still timed, to take it out of `train/time`, but
+    not logged: Lightning logs evaluation figures against the evaluation's batch index, which
+    TensorBoard would draw on the training-step axis. On a GPU it waits for the device at every
+    step, to time it right.
+    """
+
+    def __init__(self, window_size: int = 50):
+        super().__init__(
+            batch_size_fn=lambda batch: batch[0].size(0),
+            length_fn=lambda batch: batch[0].numel(),
+            window_size=window_size,
+        )
+
+    @rank_zero_only
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any, **__: Any
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._update(trainer, pl_module, batch, iter_num=0)
+
+    def on_test_start(self, *_: Any) -> None:
+        pass
+
+    def on_test_batch_end(self, *_: Any, **__: Any) -> None:
+        pass
+
+
 class SampleText(pl.Callback):
     """Write a sample of generated text to TensorBoard's TEXT tab every `every_n_epochs` epochs.
 
@@ -144,6 +177,15 @@ class SampleText(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         generate(pl_module, self.prompt, length=0)  # a prompt the model cannot read fails now, not in an hour
 
+    def _sample(self, pl_module: pl.LightningModule) -> str:
+        return generate(pl_module, self.prompt, self.length, self.temperature, seed=self.seed)[0]
+
+    @staticmethod
+    def _append(trainer: pl.Trainer, heading: str, text: str) -> None:
+        """samples.txt in the run directory, beside the metrics: every sample, headed."""
+        with open(Path(trainer.log_dir) / "samples.txt", "a", encoding="utf-8") as file:
+            file.write(f"=== {heading} ===\n{text}\n\n")
+
     @rank_zero_only
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs < 1 or (trainer.current_epoch + 1) % self.every_n_epochs:
@@ -151,8 +193,16 @@ class SampleText(pl.Callback):
         writers = tensorboards(trainer)
         if not writers:
             return
-        text = generate(pl_module, self.prompt, self.length, self.temperature, seed=self.seed)[0]
+        text = self._sample(pl_module)
         # indented four spaces: TensorBoard renders markdown, and a code block keeps the line breaks
         markdown = "\n".join("    " + line for line in text.split("\n"))
         for writer in writers:
             writer.add_text("samples", markdown, global_step=trainer.global_step)
+        self._append(trainer, f"epoch {trainer.current_epoch}, step {trainer.global_step}", text)
+
+    @rank_zero_only
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The tested model (after training: the best checkpoint) writes the file's last sample."""
+        if tensorboards(trainer):
+            checkpoint = Path(trainer.ckpt_path).name if trainer.ckpt_path else "the model as trained"
+            self._append(trainer, f"tested: {checkpoint}", self._sample(pl_module))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint, read_checkpo
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import CharLM
+from charlm.report import RunSummary, read_run
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 # torchdata's StatefulDataLoader calling an API that newer torch deprecates
 warnings.filterwarnings("ignore", "'set_vital' is deprecated")
+# ThroughputMonitor asking for FLOPs: characters per second is the figure here
+warnings.filterwarnings("ignore", ".*`flops_per_batch` attribute.*")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
@@ -123,12 +126,19 @@ def train(cfg: DictConfig) -> float | None:
     trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
 
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    log.info(
-        "done: best val loss %s; test loss %.4f, ppl %.3f, bpc %.3f; output in %s",
-        "n/a (no validation ran)" if best is None else f"{best:.4f}",
-        test.get("test/loss", math.nan),
-        test.get("test/ppl", math.nan),
-        test.get("test/bpc", math.nan),
-        cfg.paths.output_dir,
-    )
+    log.info("done: %s", summarize(cfg, model, best, test.get("test/ppl")).line())
+    log.info("output in %s", cfg.paths.output_dir)
     return best
+
+
+def summarize(
+    cfg: DictConfig, model: CharLM, best_val_loss: float | None, test_ppl: float | None
+) -> RunSummary:
+    """The run's row of a sweep report: its events, with the scores it holds in memory (a resumed
+    run's events start at the resume; its best val loss is the whole run's)."""
+    output_dir = Path(cfg.paths.output_dir)
+    summary = read_run(output_dir, name=re.sub(r"^\d+_", "", output_dir.name))
+    summary.status = "finished"
+    summary.parameters = sum(p.numel() for p in model.parameters())
+    summary.val_loss, summary.test_ppl = best_val_loss, test_ppl
+    return summary

@@ -9,15 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_only
+from rich.progress import track
 
 from charlm.errors import CharLMError
 
 # Encoding walks the text in slices so that a large corpus never needs 4 bytes x its length at once.
 _CHUNK = 1 << 24
+# from this many slices (48 M characters, about a second a pass) a pass shows a progress bar
+_PROGRESS_FROM = 3
 
 
-def _codepoints(text: str) -> Iterable[np.ndarray]:
-    for start in range(0, len(text), _CHUNK):
+def _codepoints(text: str, task: str) -> Iterable[np.ndarray]:
+    starts: Iterable[int] = range(0, len(text), _CHUNK)
+    if len(starts) >= _PROGRESS_FROM and rank_zero_only.rank == 0:  # one bar, not one per DDP rank
+        starts = track(starts, description=f"{task} ({len(text):,} characters)")
+    for start in starts:
         yield np.frombuffer(text[start : start + _CHUNK].encode("utf-32-le"), dtype="<u4")
 
 
@@ -35,7 +42,7 @@ class Vocabulary:
     def from_text(cls, text: str) -> Vocabulary:
         """Every character that occurs in `text` (vectorised: seconds for 100 MB)."""
         seen = np.zeros(0x110000, dtype=bool)
-        for cps in _codepoints(text):
+        for cps in _codepoints(text, "vocabulary"):
             seen[cps] = True
         return cls(tuple(chr(c) for c in np.flatnonzero(seen)))
 
@@ -56,7 +63,7 @@ class Vocabulary:
         table[[ord(c) for c in self.chars]] = np.arange(len(self))
         ids = np.empty(len(text), dtype=dtype)
         pos = 0
-        for cps in _codepoints(text):
+        for cps in _codepoints(text, "encoding"):
             chunk = table[cps]
             if (chunk == unknown).any():
                 missing = sorted({chr(c) for c in cps[chunk == unknown]})
