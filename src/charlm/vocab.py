@@ -16,7 +16,7 @@ from charlm.errors import CharLMError
 
 # Encoding walks the text in slices so that a large corpus never needs 4 bytes x its length at once.
 _CHUNK = 1 << 24
-# from this many slices (48 M characters, about a second a pass) a pass shows a progress bar
+# a pass over this many slices or more (over 33 M characters, a second or so) shows a progress bar
 _PROGRESS_FROM = 3
 
 
