@@ -3,54 +3,47 @@ the real TensorBoard server reading a finished sweep."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import matplotlib.image
 import pytest
-from conftest import ROOT, SUBPROCESS_ENV, TINY, run_train
+from conftest import SUBPROCESS_ENV, TINY, run_train
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+from tensorboard.plugins.hparams import api_pb2
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from charlm.board import get_json, serve
+from charlm.callbacks import _session_end
+from charlm.report import COLUMNS, figure, find_runs, job_name, write_report
 
 JOBS = ("hidden=8", "hidden=16")
-HEADER = [  # report.md's columns
-    "run",
-    "params",
-    "val loss",
-    "val ppl",
-    "val bpc",
-    "test ppl",
-    "chars/s",
-    "time",
-    "epochs",
-    "status",
-]
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
-    """A finished two-job multirun on the names corpus, and its multirun directory."""
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path, float]:
+    """A finished two-job multirun on the names corpus, its multirun directory, and its duration."""
     cwd = tmp_path_factory.mktemp("sweep")
+    start = time.monotonic()
     result = run_train(["-m", "data=names", "hidden=8,16", *TINY], cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = (cwd / "logs" / "multiruns").iterdir()
-    return result, sweep_dir
+    return result, sweep_dir, time.monotonic() - start
 
 
-def val_ppl_from_events(sweep_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Each job's val/ppl as TensorBoard's own reader gives it, by job name."""
+def events(sweep_dir: Path, tag: str) -> dict[str, list[tuple[int, float]]]:
+    """Each job's scalar `tag` as TensorBoard's own reader gives it, by job name."""
     multiplexer = EventMultiplexer().AddRunsFromDirectory(str(sweep_dir))
     multiplexer.Reload()
     return {
-        re.sub(r"^\d+_", "", run): [(e.step, e.value) for e in multiplexer.Scalars(run, "val/ppl")]
+        job_name(Path(run)): [(e.step, e.value) for e in multiplexer.Scalars(run, tag)]
         for run in multiplexer.Runs()
     }
 
@@ -65,27 +58,89 @@ def report_rows(report: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_a_multirun_ends_with_its_report(sweep: tuple[subprocess.CompletedProcess, Path]) -> None:
-    result, sweep_dir = sweep
+def test_a_multirun_ends_with_its_report(sweep: tuple[subprocess.CompletedProcess, Path, float]) -> None:
+    result, sweep_dir, duration = sweep
     report = (sweep_dir / "report.md").read_text(encoding="utf-8")
     rows = report_rows(report)
     assert sorted(rows) == sorted(JOBS)
-    curves = val_ppl_from_events(sweep_dir)
-    best_ppl = {job: min(v for _, v in curves[job]) for job in JOBS}
+    val_ppl, test_ppl = events(sweep_dir, "val/ppl"), events(sweep_dir, "test/ppl")
+    chars, seconds = events(sweep_dir, "train/lengths"), events(sweep_dir, "train/time")
+    best_ppl = {job: min(v for _, v in val_ppl[job]) for job in JOBS}
     winner = min(best_ppl, key=best_ppl.get)
     for job in JOBS:
-        cell = dict(zip(HEADER, rows[job], strict=True))
+        cell = dict(zip(COLUMNS, rows[job], strict=True))
         assert float(cell["val ppl"]) == pytest.approx(best_ppl[job], abs=1e-3)
+        assert float(cell["val loss"]) == pytest.approx(math.log(best_ppl[job]), abs=1e-4)
         assert float(cell["val bpc"]) == pytest.approx(math.log2(best_ppl[job]), abs=1e-3)
-        assert int(cell["params"].replace(",", "")) > 0 and int(cell["chars/s"].replace(",", "")) > 0
+        assert float(cell["test ppl"]) == pytest.approx(test_ppl[job][-1][1], abs=1e-3)
+        assert chars[job][-1][1] == 12 * 16 * 16  # 12 steps of 16 windows of 16 characters
+        chars_per_sec = chars[job][-1][1] / seconds[job][-1][1]
+        assert float(cell["chars/s"].replace(",", "")) == pytest.approx(chars_per_sec, abs=1)
+        assert int(cell["params"].replace(",", "")) > 0
+        assert 0 <= int(cell["time"].removesuffix("s")) <= duration
         assert cell["epochs"] == "1" and cell["status"] == "finished"
     assert re.search(rf"\| ★ \*\*{winner}\*\* \|", report)  # the best row, marked
     assert f"Best: **{winner}**" in report and "![" in report and "## Samples" in report
     # the same table in the terminal, and where the files are
     assert f"★ {winner}" in result.stdout and f"{sweep_dir.name}/report.md" in result.stdout
 
-    figure = matplotlib.image.imread(sweep_dir / "report.png")
-    assert figure.shape[0] > 300 and figure.shape[1] > 800  # a real image, two panels wide
+    image = matplotlib.image.imread(sweep_dir / "report.png")
+    assert image.shape[0] > 300 and image.shape[1] > 800  # a real image, two panels wide
+
+
+def test_the_figure_draws_every_job_and_marks_the_best(
+    sweep: tuple[subprocess.CompletedProcess, Path, float],
+) -> None:
+    _, sweep_dir, _ = sweep
+    curves, bars = figure(find_runs(sweep_dir)).axes
+    val_ppl = events(sweep_dir, "val/ppl")
+    drawn = {
+        line.get_label(): list(zip(line.get_xdata(), line.get_ydata(), strict=True)) for line in curves.lines
+    }
+    assert drawn == {job: [(s, pytest.approx(v)) for s, v in val_ppl[job]] for job in JOBS}
+    best_ppl = {job: min(v for _, v in val_ppl[job]) for job in JOBS}
+    labels = [label.get_text() for label in bars.get_yticklabels()]
+    widths = [bar.get_width() for bar in bars.patches]
+    assert labels == [f"★ {job}" if best_ppl[job] == min(best_ppl.values()) else job for job in JOBS]
+    assert widths == [pytest.approx(best_ppl[job], abs=1e-4) for job in JOBS]
+
+
+def write_events(run_dir: Path, val_losses: list[float], status: int | None) -> None:
+    """A run's events as charlm writes them: hparams, val scores, hp_metric, and how it ended."""
+    writer = SummaryWriter(str(run_dir))
+    _, session_start, _ = hparams({"model/hidden": 8, "model/parameters": 1000}, {})
+    writer.file_writer.add_summary(session_start)
+
+    def exp32(loss: float) -> float:  # float32's exp, as the model logs it: inf above 88.7
+        return loss if math.isnan(loss) else math.exp(loss) if loss < 88.7 else math.inf
+
+    best = math.inf
+    for step, loss in enumerate(val_losses):
+        best = min(best, loss) if not math.isnan(loss) else best  # MinMetric leaves nan out
+        writer.add_scalar("val/loss", loss, step)
+        writer.add_scalar("val/ppl", exp32(loss), step)
+        writer.add_scalar("hp_metric", exp32(best), step)
+    if status is not None:
+        writer.file_writer.add_summary(_session_end(status))
+    writer.close()
+
+
+def test_failed_diverged_and_unfinished_runs_are_reported_as_such(tmp_path: Path) -> None:
+    write_events(tmp_path / "0_lr=0.002", [2.0, 1.5], api_pb2.STATUS_SUCCESS)
+    write_events(tmp_path / "1_lr=0.02", [2.2, math.nan], api_pb2.STATUS_FAILURE)
+    write_events(tmp_path / "2_lr=20", [900.0], api_pb2.STATUS_SUCCESS)  # diverged: ppl overflows
+    write_events(tmp_path / "3_lr=0.001", [2.5], None)  # killed, or still going
+    runs = write_report(tmp_path)
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    rows = {name: dict(zip(COLUMNS, cells, strict=True)) for name, cells in report_rows(report).items()}
+    assert [r.name for r in runs] == list(rows) == ["lr=0.002", "lr=0.02", "lr=20", "lr=0.001"]
+    assert rows["lr=0.002"]["status"] == "finished" and rows["lr=0.002"]["val loss"] == "1.5000"
+    assert rows["lr=0.02"]["status"] == "failed" and rows["lr=0.02"]["val loss"] == "2.2000"
+    assert rows["lr=20"]["val ppl"] == "inf" and rows["lr=0.001"]["status"] == "unfinished"
+    assert "Best: **lr=0.002**" in report and "next lr=0.02" in report
+    curves, bars = figure(runs).axes
+    assert [len(line.get_xdata()) for line in curves.lines] == [2, 1, 1]  # nan and inf points left out
+    assert [label.get_text() for label in bars.get_yticklabels()] == ["★ lr=0.002", "lr=0.02", "lr=0.001"]
 
 
 def report_cli(folder: Path) -> subprocess.CompletedProcess:
@@ -98,9 +153,9 @@ def report_cli(folder: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_report_is_rebuilt_from_the_event_files_alone(
-    sweep: tuple[subprocess.CompletedProcess, Path], tmp_path: Path
+    sweep: tuple[subprocess.CompletedProcess, Path, float], tmp_path: Path
 ) -> None:
-    _, sweep_dir = sweep
+    _, sweep_dir, _ = sweep
     copy = tmp_path / sweep_dir.name
     shutil.copytree(sweep_dir, copy)
     for path in sorted(copy.rglob("*"), reverse=True):  # keep only TensorBoard's files
@@ -127,14 +182,14 @@ def test_report_of_a_folder_without_runs_says_so(tmp_path: Path, where: str) -> 
 
 
 def test_each_run_ends_with_its_report_row_and_leaves_its_samples(
-    sweep: tuple[subprocess.CompletedProcess, Path],
+    sweep: tuple[subprocess.CompletedProcess, Path, float],
 ) -> None:
-    result, sweep_dir = sweep
+    result, sweep_dir, _ = sweep
     rows = report_rows((sweep_dir / "report.md").read_text(encoding="utf-8"))
     for job in JOBS:
         (line,) = re.findall(rf"done: {job}: (.*)", result.stdout + result.stderr)
         # the run's own figures, in memory and in its events, give the row the report reads back
-        assert line == ", ".join(f"{k} {v}" for k, v in zip(HEADER[1:], rows[job][1:], strict=True))
+        assert line == ", ".join(f"{k} {v}" for k, v in zip(COLUMNS[1:], rows[job][1:], strict=True))
         (run_dir,) = sweep_dir.glob(f"*_{job}")
         samples = (run_dir / "samples.txt").read_text(encoding="utf-8")
         headings = re.findall(r"^=== (.*) ===$", samples, flags=re.MULTILINE)
@@ -143,53 +198,31 @@ def test_each_run_ends_with_its_report_row_and_leaves_its_samples(
         assert len(texts) == len(headings) and all(len(text.strip()) > 20 for text in texts)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def test_tensorboard_serves_the_sweep(sweep: tuple[subprocess.CompletedProcess, Path, float]) -> None:
+    _, sweep_dir, _ = sweep
+    runs = {
+        f"{sweep_dir.name}/{path.name}": job_name(path) for path in sweep_dir.glob("*_hidden=*")
+    }  # TB: ours
+    expected = events(sweep_dir, "val/ppl")
+    with serve(sweep_dir.parent) as base:
 
-
-def _get(url: str, body: dict | None = None) -> object:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"X-XSRF-Protected": "1", "Content-Type": "application/json"}  # TensorBoard's POST guard
-    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=10) as response:
-        return json.load(response)
-
-
-def test_tensorboard_serves_the_sweep(sweep: tuple[subprocess.CompletedProcess, Path]) -> None:
-    _, sweep_dir = sweep
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(sweep_dir.parent), "--host", "127.0.0.1",
-         "--port", str(port), "--load_fast=false"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=SUBPROCESS_ENV,
-        cwd=ROOT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/data"
-    jobs = sweep_dir.glob("*_hidden=*")
-    runs = {f"{sweep_dir.name}/{path.name}": re.sub(r"^\d+_", "", path.name) for path in jobs}  # TB name: job
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if sorted(_get(f"{base}/runs")) == sorted(runs):
-                    break
-            except OSError:  # not listening yet
-                pass
-            assert server.poll() is None, "tensorboard exited"
-            assert time.monotonic() < deadline, "tensorboard did not list both runs in time"
-            time.sleep(0.5)
-
-        expected = val_ppl_from_events(sweep_dir)
-        for run, job in runs.items():
+        def served(run: str) -> list[tuple[int, float]]:
             query = urllib.parse.urlencode({"run": run, "tag": "val/ppl"})
-            served = _get(f"{base}/plugin/scalars/scalars?{query}")
-            assert [(step, pytest.approx(value)) for _, step, value in served] == expected[job]
+            return [
+                (step, value) for _, step, value in get_json(f"{base}/data/plugin/scalars/scalars?{query}")
+            ]
 
-        groups = _get(
-            f"{base}/plugin/hparams/session_groups",
+        deadline = time.monotonic() + 60
+        while sorted(get_json(f"{base}/data/runs")) != sorted(runs) or any(
+            len(served(run)) < len(expected[job]) for run, job in runs.items()
+        ):  # the server reads the event files in the background
+            assert time.monotonic() < deadline, "tensorboard did not serve both runs in time"
+            time.sleep(0.5)
+        for run, job in runs.items():
+            assert served(run) == [(step, pytest.approx(value)) for step, value in expected[job]]
+
+        groups = get_json(
+            f"{base}/data/plugin/hparams/session_groups",
             {
                 "experimentName": "",
                 "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
@@ -201,11 +234,8 @@ def test_tensorboard_serves_the_sweep(sweep: tuple[subprocess.CompletedProcess, 
                 "sliceSize": 10,
             },
         )["sessionGroups"]
-        hidden = {g["name"]: g["hparams"]["model/hidden"] for g in groups}
-        assert hidden == {run: float(job.split("=")[1]) for run, job in runs.items()}
-        for group in groups:  # hp_metric: the best val perplexity
-            (hp_metric,) = [m["value"] for m in group["metricValues"] if m["name"]["tag"] == "hp_metric"]
-            assert hp_metric == pytest.approx(min(v for _, v in expected[runs[group["name"]]]))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    hidden = {g["name"]: g["hparams"]["model/hidden"] for g in groups}
+    assert hidden == {run: float(job.split("=")[1]) for run, job in runs.items()}
+    for group in groups:  # hp_metric: the best val perplexity
+        (hp_metric,) = [m["value"] for m in group["metricValues"] if m["name"]["tag"] == "hp_metric"]
+        assert hp_metric == pytest.approx(min(v for _, v in expected[runs[group["name"]]]))

@@ -66,3 +66,16 @@ def test_sweep_jobs_are_named_by_what_the_sweep_varies(tmp_path, sweep, job, nam
         OmegaConf.save({"hydra": {"overrides": {"task": sweep}}}, tmp_path / "multirun.yaml")
     root = OmegaConf.create({"hydra": {"overrides": {"task": job}, "sweep": {"dir": str(tmp_path)}}})
     assert run_dirs.sweep_job_name(_root_=root) == name
+
+
+def test_long_job_names_are_cut_and_stay_apart(tmp_path: Path) -> None:
+    """`-m` with one value per key names the job by all its overrides: a folder name must stay short."""
+    common = ["callbacks.throughput=null", "++trainer.enable_progress_bar=false", "++trainer.max_steps=500"]
+    names = []
+    for seed in ("seed=1", "seed=2"):
+        job = ["data.path=/home/ana/corpora/poesia/siglo_de_oro/completo.txt", *common, seed]
+        OmegaConf.save({"hydra": {"overrides": {"task": job}}}, tmp_path / "multirun.yaml")
+        root = OmegaConf.create({"hydra": {"overrides": {"task": job}, "sweep": {"dir": str(tmp_path)}}})
+        names.append(run_dirs.sweep_job_name(_root_=root))
+    assert all(len(name) <= 100 and name.startswith("++trainer.enable_progress_bar=false,") for name in names)
+    assert names[0] != names[1]

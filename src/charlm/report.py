@@ -29,11 +29,30 @@ from rich.console import Console
 from rich.table import Table
 
 log = logging.getLogger(__name__)
-# its reader logs each event file it finishes at INFO
-logging.getLogger("tensorboard").setLevel(logging.WARNING)
 
 EVENTS = "events.out.tfevents.*"
 _SAMPLES_TAG = "samples/text_summary"  # SampleText's TEXT-tab entries
+COLUMNS = (
+    "run",
+    "params",
+    "val loss",
+    "val ppl",
+    "val bpc",
+    "test ppl",
+    "chars/s",
+    "time",
+    "epochs",
+    "status",
+)
+
+
+def job_name(run_dir: Path) -> str:
+    """A sweep job's overrides from its directory name: `1_hidden=256` -> `hidden=256`."""
+    return re.sub(r"^\d+_", "", run_dir.name)
+
+
+def _exp(loss: float) -> float:
+    return math.exp(loss) if loss < 709 else math.inf  # a diverged run's loss would overflow
 
 
 @dataclass
@@ -54,7 +73,7 @@ class RunSummary:
 
     @property
     def val_ppl(self) -> float | None:
-        return None if self.val_loss is None else math.exp(self.val_loss)
+        return None if self.val_loss is None else _exp(self.val_loss)
 
     @property
     def val_bpc(self) -> float | None:
@@ -62,18 +81,19 @@ class RunSummary:
 
     def cells(self) -> dict[str, str]:
         """The table row, formatted: the same in the terminal, report.md and a run's last line."""
-        return {
-            "run": self.name,
-            "params": _fmt(self.parameters, "{:,}"),
-            "val loss": _fmt(self.val_loss, "{:.4f}"),
-            "val ppl": _fmt(self.val_ppl, "{:.3f}"),
-            "val bpc": _fmt(self.val_bpc, "{:.3f}"),
-            "test ppl": _fmt(self.test_ppl, "{:.3f}"),
-            "chars/s": _fmt(self.chars_per_sec, "{:,.0f}"),
-            "time": _fmt(self.wall_time, None),
-            "epochs": _fmt(self.epochs, "{}"),
-            "status": self.status,
-        }
+        values = (
+            self.name,
+            _fmt(self.parameters, "{:,}"),
+            _fmt(self.val_loss, "{:.4f}"),
+            _fmt(self.val_ppl, "{:.3f}"),
+            _fmt(self.val_bpc, "{:.3f}"),
+            _fmt(self.test_ppl, "{:.3f}"),
+            _fmt(self.chars_per_sec, "{:,.0f}"),
+            _fmt(self.wall_time, None),
+            _fmt(self.epochs, "{}"),
+            self.status,
+        )
+        return dict(zip(COLUMNS, values, strict=True))
 
     def line(self) -> str:
         """One line for the end of a run's log."""
@@ -84,6 +104,8 @@ class RunSummary:
 def _fmt(value: float | None, spec: str | None) -> str:
     if value is None:
         return "-"
+    if not math.isfinite(value):
+        return str(value)  # nan, inf: a diverged run
     if spec is None:  # a duration
         minutes, seconds = divmod(round(value), 60)
         hours, minutes = divmod(minutes, 60)
@@ -123,9 +145,15 @@ def _hparams(accumulator: Any) -> dict[str, Any]:
 
 
 def read_run(path: Path, name: str | None = None) -> RunSummary:
-    """A run's summary from the event files in its directory (training and test write one each)."""
+    """A run's summary from the event files in its directory (training and test write one each).
+
+    The best val loss is the log of the last `hp_metric`, the best val perplexity of the whole run:
+    a run resumed into a new directory keeps its best from before the resume, as its checkpoint
+    does. Its val curve, chars/s and time cover what it logged after the resume.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every file it reads at INFO
     accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
@@ -136,20 +164,23 @@ def read_run(path: Path, name: str | None = None) -> RunSummary:
     run = RunSummary(name=name or path.name, path=path, status=_status(accumulator))
     parameters = _hparams(accumulator).get("model/parameters")
     run.parameters = None if parameters is None else int(parameters)
-    if val := scalars("val/loss"):
-        run.val_loss = min(e.value for e in val)
-        run.val_ppl_curve = [(e.step, math.exp(e.value)) for e in val]
+    if best_ppl := scalars("hp_metric"):
+        run.val_loss = math.log(best_ppl[-1].value) if best_ppl[-1].value > 0 else math.nan
+    elif finite := [e.value for e in scalars("val/loss") if math.isfinite(e.value)]:
+        run.val_loss = min(finite)
+    run.val_ppl_curve = [(e.step, e.value) for e in scalars("val/ppl")]
     if test := scalars("test/ppl"):
         run.test_ppl = test[-1].value
     chars, seconds = scalars("train/lengths"), scalars("train/time")
     if chars and seconds and seconds[-1].value > 0:
         run.chars_per_sec = chars[-1].value / seconds[-1].value
-    times = [e.wall_time for tag in tags for e in accumulator.Scalars(tag)]
-    if times:
+    if times := [e.wall_time for tag in tags for e in accumulator.Scalars(tag)]:
         run.wall_time = max(times) - min([accumulator.FirstEventTimestamp(), *times])
-    # Lightning logs the epoch with every write, and once more for the test (by then one past the last)
-    test_start = min((e.wall_time for e in scalars("test/loss")), default=math.inf)
-    if epochs := [e.value for e in scalars("epoch") if e.wall_time < test_start]:
+    # Lightning logs the epoch with every write, and at the test once more (by then one past the last)
+    fit_steps = [
+        e.step for tag in tags if tag != "epoch" and not tag.startswith("test/") for e in scalars(tag)
+    ]
+    if epochs := [e.value for e in scalars("epoch") if fit_steps and e.step <= max(fit_steps)]:
         run.epochs = int(max(epochs)) + 1
     if _SAMPLES_TAG in accumulator.Tags()["tensors"]:
         from tensorboard.util import tensor_util
@@ -171,30 +202,37 @@ def find_runs(root: Path) -> list[RunSummary]:
     paths = sorted({p.parent for p in root.rglob(EVENTS)}, key=_job_order)
     runs = []
     for path in paths:
-        if path.parent == root and (match := re.fullmatch(r"\d+_(.+)", path.name)):
-            name = match.group(1)
+        if path.parent == root:
+            name = job_name(path)
         else:
             name = path.name if path == root else str(path.relative_to(root))
         runs.append(read_run(path, name))
     return runs
 
 
+def _scored(runs: list[RunSummary]) -> list[RunSummary]:
+    """The runs with a finite best val loss, best first (a diverged run's nan or inf ranks nowhere)."""
+    return sorted(
+        (r for r in runs if r.val_loss is not None and math.isfinite(r.val_loss)), key=lambda r: r.val_loss
+    )
+
+
 def best(runs: list[RunSummary]) -> RunSummary | None:
-    scored = [r for r in runs if r.val_loss is not None]
-    return min(scored, key=lambda r: r.val_loss) if scored else None
+    scored = _scored(runs)
+    return scored[0] if scored else None
 
 
 def verdict(runs: list[RunSummary]) -> str:
     """Which run won and by how much, in one sentence."""
-    winner = best(runs)
-    if winner is None:
-        return "No run has a val score yet."
+    scored = _scored(runs)
+    if not scored:
+        return "No run has a finite val score (yet)."
+    winner = scored[0]
     text = (
         f"Best: **{winner.name}**, val perplexity {winner.val_ppl:.3f} ({winner.val_bpc:.3f} bits per char)"
     )
-    others = sorted((r for r in runs if r.val_loss is not None and r is not winner), key=lambda r: r.val_loss)
-    if others:
-        runner_up = others[0]
+    if len(scored) > 1:
+        runner_up = scored[1]
         gap = runner_up.val_ppl / winner.val_ppl - 1
         text += f"; next {runner_up.name}, {runner_up.val_ppl:.3f} ({gap:+.1%})"
     return text + "."
@@ -204,7 +242,7 @@ def table(runs: list[RunSummary]) -> Table:
     """The report's table for the terminal (rich), the best row marked."""
     winner = best(runs)
     grid = Table(title="charlm sweep report", title_justify="left")
-    for column in RunSummary(name="", path=Path()).cells():
+    for column in COLUMNS:
         grid.add_column(column, justify="left" if column in ("run", "status") else "right")
     for run in runs:
         mark = run is winner
@@ -216,11 +254,10 @@ def table(runs: list[RunSummary]) -> Table:
 
 def markdown(runs: list[RunSummary], figure: str | None) -> str:
     winner = best(runs)
-    columns = list(RunSummary(name="", path=Path()).cells())
     lines = ["# Sweep report", "", verdict(runs), ""]
     lines += [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join("---" if c in ("run", "status") else "--:" for c in columns) + "|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if c in ("run", "status") else "--:" for c in COLUMNS) + "|",
     ]
     for run in runs:
         cells = list(run.cells().values())
@@ -229,7 +266,8 @@ def markdown(runs: list[RunSummary], figure: str | None) -> str:
             cells[0] = f"★ {cells[0]}"
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "val loss is the best of the run, in nats per character; val ppl and bpc follow from it;"]
-    lines += ["test ppl is scored with the best checkpoint; chars/s counts training only; time is wall time."]
+    lines += ["test ppl is scored with the best checkpoint; chars/s counts training only; time is the wall"]
+    lines += ["time from the start of training to the end of the test."]
     if figure:
         lines += ["", f"![val perplexity against step, and the best of each run]({figure})"]
     samples = [r for r in runs if r.sample]
@@ -240,37 +278,58 @@ def markdown(runs: list[RunSummary], figure: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[RunSummary], path: Path) -> bool:
-    """Val perplexity against step for every run beside a bar of each run's best; False: nothing to plot."""
-    scored = [r for r in runs if r.val_ppl_curve]
-    if not scored:
-        return False
+def figure(runs: list[RunSummary]) -> Any:
+    """Val perplexity against step for every run beside a bar of each run's best (a matplotlib
+    Figure), the best run marked; None when no run has a finite val score."""
+    curves_of = {
+        r.name: [(step, ppl) for step, ppl in r.val_ppl_curve if math.isfinite(ppl)] for r in runs
+    }  # a diverged run's nan and inf points are left out
+    plotted = [r for r in runs if curves_of[r.name]]
+    if not plotted:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works without a display
     import matplotlib.pyplot as plt
 
     winner = best(runs)
-    height = max(4.5, 0.3 * len(scored))  # room for every bar's label
+    colour = {r.name: f"C{i % 10}" for i, r in enumerate(plotted)}  # one colour per run, in both panels
+    height = max(4.5, 0.3 * len(plotted))  # room for every bar's label
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [3, 2]})
-    colours = [f"C{i % 10}" for i in range(len(scored))]  # one colour per run, in both panels
-    for run, colour in zip(scored, colours, strict=True):
-        steps, ppl = zip(*run.val_ppl_curve, strict=True)
+    for run in plotted:
+        steps, ppl = zip(*curves_of[run.name], strict=True)
         width = 2.8 if run is winner else 1.5
-        curves.plot(steps, ppl, marker="o", markersize=3, color=colour, label=run.name, linewidth=width)
+        curves.plot(
+            steps, ppl, marker="o", markersize=3, color=colour[run.name], label=run.name, linewidth=width
+        )
     curves.set(xlabel="step", ylabel="val perplexity", title="val perplexity (lower is better)")
     curves.grid(True, alpha=0.3)
-    if len(scored) <= 12:  # beyond that the bars, in the same colours, say which is which
+    if len(plotted) <= 12:  # beyond that the bars, in the same colours, say which is which
         curves.legend(fontsize="small")
-    names = [f"★ {r.name}" if r is winner else r.name for r in scored]
+    finite = {id(r) for r in _scored(runs)}
+    scored = [r for r in plotted if id(r) in finite]
     values = [r.val_ppl for r in scored]
-    bars.barh(names, values, color=colours)
+    bars.barh(
+        [f"★ {r.name}" if r is winner else r.name for r in scored],
+        values,
+        color=[colour[r.name] for r in scored],
+    )
     bars.invert_yaxis()  # job order, top to bottom
     for y, value in enumerate(values):
         bars.text(value, y, f" {value:.3f}", va="center", fontsize="small")
     bars.set(xlabel="best val perplexity", title="best of each run")
-    bars.set_xlim(0, max(values) * 1.2)
+    bars.set_xlim(0, max(values, default=1) * 1.2)
     fig.tight_layout()
+    return fig
+
+
+def plot(runs: list[RunSummary], path: Path) -> bool:
+    """Save `figure(runs)` to `path`; False: nothing to plot."""
+    fig = figure(runs)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import datetime
 from itertools import count
@@ -15,6 +16,9 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+
+# longer job names are cut, with a hash of the whole name so that they stay apart
+_LONGEST_NAME = 100
 
 
 def claim_dir(parent: str) -> str:
@@ -43,8 +47,10 @@ def sweep_job_name(*, _root_: DictConfig) -> str:
     job_overrides = OverridesParser.create().parse_overrides(list(_root_.hydra.overrides.task))
     swept = _swept_keys(Path(_root_.hydra.sweep.dir))
     chosen = [o for o in job_overrides if swept is None or o.key_or_group in swept] or job_overrides
-    name = ",".join(sorted(o.input_line for o in chosen)) or "defaults"
-    return name.replace(os.sep, "_")
+    name = ",".join(sorted(o.input_line for o in chosen)).replace(os.sep, "_") or "defaults"
+    if len(name) > _LONGEST_NAME:  # file systems allow 255 bytes; TensorBoard's run list less
+        name = f"{name[: _LONGEST_NAME - 9]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 def register() -> None:

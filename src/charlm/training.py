@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint, read_checkpo
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import CharLM
-from charlm.report import RunSummary, read_run
+from charlm.report import RunSummary, job_name, read_run
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +125,27 @@ def train(cfg: DictConfig) -> float | None:
     trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
 
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    log.info("done: %s", summarize(cfg, model, best, test.get("test/ppl")).line())
-    log.info("output in %s", cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        log.info("done: %s", summarize(cfg, model, best, test.get("test/ppl")))
+        log.info("output in %s", cfg.paths.output_dir)
     return best
 
 
-def summarize(
-    cfg: DictConfig, model: CharLM, best_val_loss: float | None, test_ppl: float | None
-) -> RunSummary:
-    """The run's row of a sweep report: its events, with the scores it holds in memory (a resumed
-    run's events start at the resume; its best val loss is the whole run's)."""
+def summarize(cfg: DictConfig, model: CharLM, best_val_loss: float | None, test_ppl: float | None) -> str:
+    """The run's row of a sweep report, read back from its events as the report reads it; the
+    scores it holds in memory fill in what the events lack (`~logger`). A failure to read them
+    never fails a run that has finished: the line then says so."""
     output_dir = Path(cfg.paths.output_dir)
-    summary = read_run(output_dir, name=re.sub(r"^\d+_", "", output_dir.name))
+    try:
+        summary = read_run(output_dir, name=job_name(output_dir))
+    except Exception as err:  # the report is a convenience; the run's results are on disk
+        log.warning("could not read this run's events back (%s)", err)
+        summary = RunSummary(name=job_name(output_dir), path=output_dir)
     summary.status = "finished"
-    summary.parameters = sum(p.numel() for p in model.parameters())
-    summary.val_loss, summary.test_ppl = best_val_loss, test_ppl
-    return summary
+    if summary.parameters is None:
+        summary.parameters = sum(p.numel() for p in model.parameters())
+    if summary.val_loss is None:
+        summary.val_loss = best_val_loss
+    if summary.test_ppl is None:
+        summary.test_ppl = test_ppl
+    return summary.line()
