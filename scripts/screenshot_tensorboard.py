@@ -4,7 +4,8 @@
 
 Starts `tensorboard` on a free port of 127.0.0.1, has Chromium (`/usr/bin/chromium`, Debian's
 `chromium` package; or --chromium) render the SCALARS tab filtered to the val scalars with no
-smoothing, and stops the server.
+smoothing, and stops the server. TensorBoard draws lines, not dots: runs need two validations or
+more to show (`trainer.val_check_interval=<steps>` for short ones).
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ def test_failed_diverged_and_unfinished_runs_are_reported_as_such(tmp_path: Path
     assert [r.name for r in runs] == list(rows) == ["lr=0.002", "lr=0.02", "lr=20", "lr=0.001"]
     assert rows["lr=0.002"]["status"] == "finished" and rows["lr=0.002"]["val loss"] == "1.5000"
     assert rows["lr=0.02"]["status"] == "failed" and rows["lr=0.02"]["val loss"] == "2.2000"
-    assert rows["lr=20"]["val ppl"] == "inf" and rows["lr=0.001"]["status"] == "unfinished"
+    assert rows["lr=20"]["val loss"] == "900.0000" and rows["lr=20"]["val ppl"] == "inf"
+    assert rows["lr=0.001"]["status"] == "unfinished"
     assert "Best: **lr=0.002**" in report and "next lr=0.02" in report
     curves, bars = figure(runs).axes
     assert [len(line.get_xdata()) for line in curves.lines] == [2, 1, 1]  # nan and inf points left out

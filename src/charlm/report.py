@@ -149,7 +149,8 @@ def read_run(path: Path, name: str | None = None) -> RunSummary:
 
     The best val loss is the log of the last `hp_metric`, the best val perplexity of the whole run:
     a run resumed into a new directory keeps its best from before the resume, as its checkpoint
-    does. Its val curve, chars/s and time cover what it logged after the resume.
+    does (a diverged run's, whose perplexity overflows, is the least of its val losses). Its val
+    curve, chars/s and time cover what it logged after the resume.
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -164,10 +165,12 @@ def read_run(path: Path, name: str | None = None) -> RunSummary:
     run = RunSummary(name=name or path.name, path=path, status=_status(accumulator))
     parameters = _hparams(accumulator).get("model/parameters")
     run.parameters = None if parameters is None else int(parameters)
-    if best_ppl := scalars("hp_metric"):
-        run.val_loss = math.log(best_ppl[-1].value) if best_ppl[-1].value > 0 else math.nan
-    elif finite := [e.value for e in scalars("val/loss") if math.isfinite(e.value)]:
-        run.val_loss = min(finite)
+    best_ppl = [e.value for e in scalars("hp_metric")]
+    if best_ppl and 0 < best_ppl[-1] < math.inf:
+        run.val_loss = math.log(best_ppl[-1])
+    elif val_losses := [e.value for e in scalars("val/loss")]:  # hp_metric overflows past a loss of 88.7
+        finite = [v for v in val_losses if math.isfinite(v)]
+        run.val_loss = min(finite) if finite else val_losses[-1]
     run.val_ppl_curve = [(e.step, e.value) for e in scalars("val/ppl")]
     if test := scalars("test/ppl"):
         run.test_ppl = test[-1].value
@@ -211,10 +214,9 @@ def find_runs(root: Path) -> list[RunSummary]:
 
 
 def _scored(runs: list[RunSummary]) -> list[RunSummary]:
-    """The runs with a finite best val loss, best first (a diverged run's nan or inf ranks nowhere)."""
-    return sorted(
-        (r for r in runs if r.val_loss is not None and math.isfinite(r.val_loss)), key=lambda r: r.val_loss
-    )
+    """The runs with a finite best val perplexity, best first (a diverged run ranks nowhere)."""
+    finite = [r for r in runs if r.val_ppl is not None and math.isfinite(r.val_ppl)]
+    return sorted(finite, key=lambda r: r.val_ppl)
 
 
 def best(runs: list[RunSummary]) -> RunSummary | None:
