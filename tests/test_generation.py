@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import subprocess
 import sys
@@ -171,3 +172,14 @@ def test_generate_py_errors_are_one_clear_line(run_dir: Path) -> None:
     assert "never saw: ' ' ',' '?' 'Q' 'a' 'c' 'h' 'n' 'o' 'u' '¿' 'é'" in unknown.stderr
     missing = run_generate()
     assert missing.returncode != 0 and "give ckpt=" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_diverged_run_finishes_and_its_model_refuses_to_write(tmp_path: Path, text_file: Path) -> None:
+    run = tmp_path / "run"
+    overrides = ["data=textfile", f"data.path={text_file}", f"paths.output_dir={run}", "hidden=8", *TINY]
+    best = train(compose_train([*overrides, "optimizer.lr=1e37"]))  # the weights blow up at once
+    assert best is None or not math.isfinite(best)
+    samples = (run / "samples.txt").read_text(encoding="utf-8")  # the epoch's and the tested model's
+    assert samples.count("(no sample: the model's outputs are not finite (nan or inf)") == 2
+    with pytest.raises(CharLMError, match="training diverged"):
+        generate(load_model(run), "En un", length=50, seed=0)

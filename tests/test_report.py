@@ -240,3 +240,12 @@ def test_tensorboard_serves_the_sweep(sweep: tuple[subprocess.CompletedProcess, 
     for group in groups:  # hp_metric: the best val perplexity
         (hp_metric,) = [m["value"] for m in group["metricValues"] if m["name"]["tag"] == "hp_metric"]
         assert hp_metric == pytest.approx(min(v for _, v in expected[runs[group["name"]]]))
+
+
+def test_jobs_with_the_same_overrides_keep_their_own_curves(tmp_path: Path) -> None:
+    write_events(tmp_path / "0_hidden=8", [2.0, 1.5], api_pb2.STATUS_SUCCESS)
+    write_events(tmp_path / "1_hidden=8", [2.5, 2.0, 1.8], api_pb2.STATUS_SUCCESS)  # e.g. -m hidden=8,8
+    curves, bars = figure(find_runs(tmp_path)).axes
+    assert [len(line.get_xdata()) for line in curves.lines] == [2, 3]
+    assert len({line.get_color() for line in curves.lines}) == 2
+    assert [bar.get_width() for bar in bars.patches] == [pytest.approx(math.exp(v)) for v in (1.5, 1.8)]

@@ -178,7 +178,10 @@ class SampleText(pl.Callback):
         generate(pl_module, self.prompt, length=0)  # a prompt the model cannot read fails now, not in an hour
 
     def _sample(self, pl_module: pl.LightningModule) -> str:
-        return generate(pl_module, self.prompt, self.length, self.temperature, seed=self.seed)[0]
+        try:
+            return generate(pl_module, self.prompt, self.length, self.temperature, seed=self.seed)[0]
+        except CharLMError as err:  # a diverged model: the run goes on, to be reported as such
+            return f"(no sample: {err})"
 
     @staticmethod
     def _append(trainer: pl.Trainer, heading: str, text: str) -> None:

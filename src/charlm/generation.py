@@ -51,6 +51,11 @@ def _pick(
     logits: torch.Tensor, temperature: float, top_k: int | None, rng: torch.Generator | None
 ) -> torch.Tensor:
     """The next id of each row: argmax for temperature 0, else a draw from softmax(logits / T)."""
+    if not torch.isfinite(logits).all():  # a diverged model: nothing to draw from (and CUDA would assert)
+        raise CharLMError(
+            "the model's outputs are not finite (nan or inf): its training diverged; "
+            "use an earlier checkpoint, or train again with a lower optimizer.lr"
+        )
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature

@@ -52,7 +52,7 @@ def job_name(run_dir: Path) -> str:
 
 
 def _exp(loss: float) -> float:
-    return math.exp(loss) if loss < 709 else math.inf  # a diverged run's loss would overflow
+    return math.inf if loss >= 709 else math.exp(loss)  # a diverged run's loss would overflow; nan stays nan
 
 
 @dataclass
@@ -169,8 +169,7 @@ def read_run(path: Path, name: str | None = None) -> RunSummary:
     if best_ppl and 0 < best_ppl[-1] < math.inf:
         run.val_loss = math.log(best_ppl[-1])
     elif val_losses := [e.value for e in scalars("val/loss")]:  # hp_metric overflows past a loss of 88.7
-        finite = [v for v in val_losses if math.isfinite(v)]
-        run.val_loss = min(finite) if finite else val_losses[-1]
+        run.val_loss = min((v for v in val_losses if not math.isnan(v)), default=math.nan)
     run.val_ppl_curve = [(e.step, e.value) for e in scalars("val/ppl")]
     if test := scalars("test/ppl"):
         run.test_ppl = test[-1].value
@@ -283,10 +282,9 @@ def markdown(runs: list[RunSummary], figure: str | None) -> str:
 def figure(runs: list[RunSummary]) -> Any:
     """Val perplexity against step for every run beside a bar of each run's best (a matplotlib
     Figure), the best run marked; None when no run has a finite val score."""
-    curves_of = {
-        r.name: [(step, ppl) for step, ppl in r.val_ppl_curve if math.isfinite(ppl)] for r in runs
-    }  # a diverged run's nan and inf points are left out
-    plotted = [r for r in runs if curves_of[r.name]]
+    # by run, not name: two jobs of a sweep may share their overrides; nan and inf points left out
+    curves_of = {id(r): [(step, ppl) for step, ppl in r.val_ppl_curve if math.isfinite(ppl)] for r in runs}
+    plotted = [r for r in runs if curves_of[id(r)]]
     if not plotted:
         return None
     import matplotlib
@@ -295,14 +293,14 @@ def figure(runs: list[RunSummary]) -> Any:
     import matplotlib.pyplot as plt
 
     winner = best(runs)
-    colour = {r.name: f"C{i % 10}" for i, r in enumerate(plotted)}  # one colour per run, in both panels
+    colour = {id(r): f"C{i % 10}" for i, r in enumerate(plotted)}  # one colour per run, in both panels
     height = max(4.5, 0.3 * len(plotted))  # room for every bar's label
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [3, 2]})
     for run in plotted:
-        steps, ppl = zip(*curves_of[run.name], strict=True)
+        steps, ppl = zip(*curves_of[id(run)], strict=True)
         width = 2.8 if run is winner else 1.5
         curves.plot(
-            steps, ppl, marker="o", markersize=3, color=colour[run.name], label=run.name, linewidth=width
+            steps, ppl, marker="o", markersize=3, color=colour[id(run)], label=run.name, linewidth=width
         )
     curves.set(xlabel="step", ylabel="val perplexity", title="val perplexity (lower is better)")
     curves.grid(True, alpha=0.3)
@@ -314,7 +312,7 @@ def figure(runs: list[RunSummary]) -> Any:
     bars.barh(
         [f"★ {r.name}" if r is winner else r.name for r in scored],
         values,
-        color=[colour[r.name] for r in scored],
+        color=[colour[id(r)] for r in scored],
     )
     bars.invert_yaxis()  # job order, top to bottom
     for y, value in enumerate(values):

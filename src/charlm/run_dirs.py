@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-# longer job names are cut, with a hash of the whole name so that they stay apart
+# longer job names (in UTF-8 bytes) are cut, with a hash of the whole name so that they stay apart
 _LONGEST_NAME = 100
 
 
@@ -48,8 +48,9 @@ def sweep_job_name(*, _root_: DictConfig) -> str:
     swept = _swept_keys(Path(_root_.hydra.sweep.dir))
     chosen = [o for o in job_overrides if swept is None or o.key_or_group in swept] or job_overrides
     name = ",".join(sorted(o.input_line for o in chosen)).replace(os.sep, "_") or "defaults"
-    if len(name) > _LONGEST_NAME:  # file systems allow 255 bytes; TensorBoard's run list less
-        name = f"{name[: _LONGEST_NAME - 9]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    if len(name.encode()) > _LONGEST_NAME:  # file systems allow 255 bytes; TensorBoard's run list less
+        head = name.encode()[: _LONGEST_NAME - 9].decode(errors="ignore")  # whole characters only
+        name = f"{head}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
 
 
