@@ -18,7 +18,7 @@ from charlm.metrics import CharScores
 from charlm.model import CharLM
 from charlm.network import CharRNN
 from charlm.schedulers import cosine
-from charlm.training import train
+from charlm.training import build, train
 
 
 def train_tiny(tmp_path: Path, text_file: Path, *overrides: str) -> float:
@@ -199,3 +199,31 @@ def test_stateful_training_learns(tmp_path: Path, text_file: Path) -> None:
     assert best_val_loss < math.log(len(set(text_file.read_text(encoding="utf-8"))))
     raw = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert raw["hyper_parameters"]["stateful"] and raw["datamodule_hyper_parameters"]["stateful"]
+
+
+class LossRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, *args) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_train_loss_points_are_means_and_the_last_steps_are_written(tmp_path: Path, text_file: Path) -> None:
+    cfg = compose_train(
+        ["data=textfile", f"data.path={text_file}", f"paths.output_dir={tmp_path}", "hidden=16", *TINY]
+        + ["++trainer.max_steps=25", "++trainer.log_every_n_steps=10", "data.batch_size=8"]
+    )
+    datamodule, model, trainer = build(cfg)
+    recorder = LossRecorder()
+    trainer.callbacks.append(recorder)
+    trainer.fit(model, datamodule=datamodule)
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    written = [(e.step, e.value) for e in accumulator.Scalars("train/loss")]
+    # every point the mean of the steps since the last (all batches are full here), the last 5 too
+    steps = [step for step, _ in written]
+    assert steps[-1] == 24 and 9 in steps and 19 in steps
+    bounds = [-1, *steps]
+    for start, (end, value) in zip(bounds, written, strict=False):
+        assert value == pytest.approx(sum(recorder.losses[start + 1 : end + 1]) / (end - start), rel=1e-5)

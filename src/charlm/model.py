@@ -81,7 +81,10 @@ class CharLM(pl.LightningModule):
         self.train_scores.update(loss.detach(), batch[1].numel())
         # Write the mean over the batches since the last write, on the steps Lightning writes logs
         # (the test its own LearningRateMonitor uses): self.log costs ~0.3 ms, a metric update little.
-        if self.trainer._logger_connector.should_update_logs:
+        # The last batch of an epoch or of the run writes too, or its batches' mean would be lost.
+        trainer = self.trainer
+        last_step = 0 < trainer.max_steps <= trainer.global_step + 1
+        if trainer._logger_connector.should_update_logs or trainer.is_last_batch or last_step:
             self._log_scores("train", self.train_scores)
         return loss
 
