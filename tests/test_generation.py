@@ -174,6 +174,7 @@ def test_generate_py_errors_are_one_clear_line(run_dir: Path) -> None:
     assert missing.returncode != 0 and "give ckpt=" in missing.stderr and "Traceback" not in missing.stderr
 
 
+@pytest.mark.filterwarnings("ignore:Encountered `nan` values")  # the best-val-loss metric skipping them
 def test_a_diverged_run_finishes_and_its_model_refuses_to_write(tmp_path: Path, text_file: Path) -> None:
     run = tmp_path / "run"
     overrides = ["data=textfile", f"data.path={text_file}", f"paths.output_dir={run}", "hidden=8", *TINY]
