@@ -174,13 +174,9 @@ def test_generate_py_errors_are_one_clear_line(run_dir: Path) -> None:
     assert missing.returncode != 0 and "give ckpt=" in missing.stderr and "Traceback" not in missing.stderr
 
 
-@pytest.mark.filterwarnings("ignore:Encountered `nan` values")  # the best-val-loss metric skipping them
-def test_a_diverged_run_finishes_and_its_model_refuses_to_write(tmp_path: Path, text_file: Path) -> None:
-    run = tmp_path / "run"
-    overrides = ["data=textfile", f"data.path={text_file}", f"paths.output_dir={run}", "hidden=8", *TINY]
-    best = train(compose_train([*overrides, "optimizer.lr=1e37"]))  # the weights blow up at once
-    assert best is None or not math.isfinite(best)
-    samples = (run / "samples.txt").read_text(encoding="utf-8")  # the epoch's and the tested model's
-    assert samples.count("(no sample: the model's outputs are not finite (nan or inf)") == 2
-    with pytest.raises(CharLMError, match="training diverged"):
-        generate(load_model(run), "En un", length=50, seed=0)
+def test_a_model_with_nan_weights_refuses_to_write(run_dir: Path) -> None:
+    model = load_model(run_dir)
+    with torch.no_grad():
+        model.net.head.weight[0, 0] = math.nan  # as a diverged run leaves it
+    with pytest.raises(CharLMError, match="not finite .* training diverged"):
+        generate(model, "AN", length=20, seed=0)

@@ -17,6 +17,7 @@ from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train
 
 from charlm.callbacks import ModelCheckpoint
 from charlm.checkpoints import AtomicCheckpointIO
+from charlm.errors import CharLMError
 from charlm.training import build
 
 # Three epochs of about 100 steps on a 60 kB corpus, dropout on, last.ckpt every 10 steps.
@@ -147,3 +148,42 @@ def test_a_stateful_run_resumes_mid_epoch_with_its_streams_state(tmp_path: Path,
     unbroken = fit("unbroken")
     resumed = fit("resumed", tmp_path / "step15.ckpt")  # 15 of the epoch's 58 batches done
     assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)
+
+
+class PoisonWeights(pl.Callback):
+    """Set one weight to nan after step `at`, as an exploding update would."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        if trainer.global_step == self.at:
+            with torch.no_grad():
+                pl_module.net.head.weight[0, 0] = float("nan")
+
+
+@pytest.mark.filterwarnings("ignore:Encountered `nan` values")  # the train scores skipping the nan loss
+@pytest.mark.parametrize(
+    "poison_at, error",
+    [
+        (8, "training diverged at step 9: the loss is nan. The last good checkpoint is .*last.ckpt"),
+        # the loss of step 10 was finite, but its update was not, and step 10 saves last.ckpt
+        (10, "not saving a checkpoint at step 10: the weights are nan or inf"),
+    ],
+)
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, text_file: Path, poison_at: int, error: str
+) -> None:
+    run = tmp_path / "run"
+    cfg = compose_train(
+        ["data=textfile", f"data.path={text_file}", f"paths.output_dir={run}", "hidden=16", *TINY]
+        + ["++trainer.max_steps=30", "callbacks.step_checkpoint.every_n_train_steps=5"]
+    )
+    datamodule, model, trainer = build(cfg)
+    trainer.callbacks.insert(0, PoisonWeights(at=poison_at))  # before the checkpoints, as an update is
+    with pytest.raises(CharLMError, match=error):
+        trainer.fit(model, datamodule=datamodule)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 6  # the validation at step 6 (after the step-5 save): good
+    assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
+    assert not [p for p in (run / "checkpoints").iterdir() if "partial" in p.name]

@@ -72,6 +72,15 @@ def test_a_single_run_shorter_than_an_epoch(tmp_path: Path) -> None:
     )
 
 
+def test_a_diverging_run_stops_with_the_step_and_a_suggestion(tmp_path: Path) -> None:
+    result = run_train(["data=names", "hidden=8", *TINY, "optimizer.lr=1e37"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "training diverged at step 2: the loss is inf" in result.stderr
+    assert "Lower optimizer.lr (now 1e+37)" in result.stderr and "Traceback" not in result.stderr
+    (run,) = (tmp_path / "logs" / "runs").iterdir()
+    assert not (run / "checkpoints").exists()  # nothing saved from the broken steps
+
+
 def test_download_failure_is_one_clear_line_and_leaves_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     result = run_train(

@@ -95,6 +95,31 @@ class ValidateAtLastStep(pl.Callback):
             trainer.should_stop = True
 
 
+class StopWhenDiverged(pl.Callback):
+    """Stop training at the first step whose loss is nan or inf, saying where and what to try.
+
+    Runs before the checkpoint callbacks (Lightning puts those last), so no checkpoint of that step
+    is written; the model refuses to save non-finite weights besides (CharLM.on_save_checkpoint).
+    The check reads the loss every step: on a GPU that waits for the device, as the throughput
+    monitor does anyway.
+    """
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *_: Any
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        if torch.isfinite(loss):
+            return
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        last_good = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        raise CharLMError(
+            f"training diverged at step {trainer.global_step}: the loss is {float(loss)}. "
+            + (f"The last good checkpoint is {last_good}. " if last_good else "No checkpoint was saved. ")
+            + f"Lower optimizer.lr{f' (now {lr:g})' if lr is not None else ''}, "
+            "or keep trainer.gradient_clip_val on (default 1.0)"
+        )
+
+
 class ModelCheckpoint(callbacks.ModelCheckpoint):
     """Lightning's ModelCheckpoint, but a run resumed into a new directory keeps the record of the
     best checkpoints so far, so that "best" is the best of the whole run (it may stay in the old

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torchmetrics import MinMetric
 
+from charlm.errors import CharLMError
 from charlm.metrics import CharScores
 from charlm.network import CharRNN, State
 from charlm.vocab import Vocabulary
@@ -113,6 +114,12 @@ class CharLM(pl.LightningModule):
         self._log_scores("test", self.test_scores)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not torch.stack([p.isfinite().all() for p in self.parameters()]).all():
+            # raised before anything is written: the checkpoint already there stays
+            raise CharLMError(
+                f"not saving a checkpoint at step {self.global_step}: the weights are nan or inf "
+                "(training diverged); the last good checkpoint stays. Lower optimizer.lr"
+            )
         if "train" in self._carried:  # stateful, mid-epoch: the streams' state, for an exact resume
             checkpoint["carried_state"] = self._carried["train"]
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
-from charlm.callbacks import LogHyperparameters, RandomState, ValidateAtLastStep
+from charlm.callbacks import LogHyperparameters, RandomState, StopWhenDiverged, ValidateAtLastStep
 from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint, read_checkpoint
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
@@ -100,7 +100,12 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         Checkpoint: cfg.trainer.get("enable_checkpointing") is False,
     }
     callbacks = [c for c in callbacks if not any(isinstance(c, k) and off for k, off in switched_off.items())]
-    callbacks += [LogHyperparameters(run_hparams(cfg, model)), ValidateAtLastStep(), RandomState()]
+    callbacks += [
+        LogHyperparameters(run_hparams(cfg, model)),
+        ValidateAtLastStep(),
+        StopWhenDiverged(),
+        RandomState(),
+    ]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
