@@ -38,8 +38,9 @@ RUN = [
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     command = [sys.executable, str(ROOT / "train.py"), *RUN, *args]
+    # one stream: Hydra logs to stdout, Lightning and Python's errors go to stderr
     return subprocess.Popen(
-        command, cwd=cwd, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        command, cwd=cwd, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -51,11 +52,13 @@ def saved_step(checkpoint: Path) -> int:
 
 
 def finish(process: subprocess.Popen) -> None:
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr[-3000:]
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
 
 
-def test_a_killed_run_resumes_to_the_same_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
+def test_a_killed_run_resumes_to_the_same_end(tmp_path: Path, stop: signal.Signals) -> None:
+    """SIGKILL loses the steps since the last checkpoint; SIGINT (Ctrl+C) saves at the next step."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(("En un lugar de la Mancha, de cuyo nombre no quiero acordarme. " * 1000)[:60_000])
     data = [f"data.path={corpus}"]
@@ -67,10 +70,17 @@ def test_a_killed_run_resumes_to_the_same_end(tmp_path: Path) -> None:
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     while saved_step(last) < epoch_steps + 10 and killed.poll() is None:
         time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL
+    at_signal = saved_step(last)
+    killed.send_signal(stop)
+    output, _ = killed.communicate(timeout=120)
     step = saved_step(last)
     assert epoch_steps < step < unbroken["global_step"] and step % epoch_steps  # mid-epoch, after the first
+    if stop == signal.SIGKILL:
+        assert killed.returncode == -signal.SIGKILL
+    else:  # saved between steps, said so in one line, and left no traceback
+        assert killed.returncode == 1 and step > at_signal  # a save of its own, after the last one
+        assert f"interrupted at step {step}: saved {last}; resume with ckpt_path={last.parents[1]}" in output
+        assert "Traceback" not in output
 
     finish(start([*data, "hydra.run.dir=resumed", f"ckpt_path={tmp_path / 'killed'}"], tmp_path))
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from torch.utils.tensorboard.summary import hparams
 
 from charlm.errors import CharLMError
 from charlm.generation import generate
+
+log = logging.getLogger(__name__)
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -118,6 +123,51 @@ class StopWhenDiverged(pl.Callback):
             + f"Lower optimizer.lr{f' (now {lr:g})' if lr is not None else ''}, "
             "or keep trainer.gradient_clip_val on (default 1.0)"
         )
+
+
+class SaveOnInterrupt(pl.Callback):
+    """Ctrl+C (SIGINT) in training: finish the step, save last.ckpt, and stop; a second Ctrl+C
+    stops at once, without saving (Lightning's own handling).
+
+    The checkpoint is taken between steps, where the step checkpoints are, so `ckpt_path=<run dir>`
+    resumes exactly, with no step lost. Lightning's default would stop mid-step and save nothing.
+    """
+
+    def __init__(self) -> None:
+        self._asked = False
+        self._previous: Any = None
+
+    def _ask(self, signum: int, frame: Any) -> None:
+        self._asked = True
+        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl+C goes through at once
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # where Python delivers signals
+            self._previous = signal.signal(signal.SIGINT, self._ask)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._ask:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
+        asked = self._asked
+        if trainer.world_size > 1:  # every rank stops at the same step, or the save would hang
+            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if not asked:
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath:
+            path = Path(checkpoint.dirpath) / "last.ckpt"
+            trainer.save_checkpoint(path, weights_only=False)
+            log.warning(
+                "interrupted at step %d: saved %s; resume with ckpt_path=%s",
+                trainer.global_step,
+                path,
+                Path(checkpoint.dirpath).parent,
+            )
+        else:
+            log.warning("interrupted at step %d (no checkpoint: checkpointing is off)", trainer.global_step)
+        raise KeyboardInterrupt
 
 
 class ModelCheckpoint(callbacks.ModelCheckpoint):

@@ -14,7 +14,13 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 
-from charlm.callbacks import LogHyperparameters, RandomState, StopWhenDiverged, ValidateAtLastStep
+from charlm.callbacks import (
+    LogHyperparameters,
+    RandomState,
+    SaveOnInterrupt,
+    StopWhenDiverged,
+    ValidateAtLastStep,
+)
 from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint, read_checkpoint
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
@@ -104,6 +110,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         LogHyperparameters(run_hparams(cfg, model)),
         ValidateAtLastStep(),
         StopWhenDiverged(),
+        SaveOnInterrupt(),
         RandomState(),
     ]
     trainer: pl.Trainer = instantiate(
