@@ -120,6 +120,27 @@ def test_resuming_a_finished_run_says_so(tmp_path: Path, text_file: Path) -> Non
         train_tiny(tmp_path / "again", text_file, f"ckpt_path={tmp_path / 'first' / 'run'}")
 
 
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (
+            "hidden=32",
+            r"it was trained with hidden=16, this run has hidden=32\. Resume with the model settings",
+        ),
+        (
+            "data.lowercase=true",
+            r"another vocabulary \(\d+ characters, this corpus has \d+; new here: '', gone: 'EM'\)",
+        ),
+    ],
+)
+def test_resuming_with_another_model_or_vocabulary_says_so(
+    tmp_path: Path, text_file: Path, change: str, error: str
+) -> None:
+    train_tiny(tmp_path / "first", text_file, "++trainer.max_steps=6")
+    with pytest.raises(CharLMError, match=error):
+        train_tiny(tmp_path / "again", text_file, f"ckpt_path={tmp_path / 'first' / 'run'}", change)
+
+
 def test_trainer_switches_turn_off_logging_bar_and_checkpoints(tmp_path: Path, text_file: Path) -> None:
     off = ["~logger", "++trainer.enable_progress_bar=false", "++trainer.enable_checkpointing=false"]
     assert train_tiny(tmp_path, text_file, *off) < math.log(len(set(text_file.read_text(encoding="utf-8"))))

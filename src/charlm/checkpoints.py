@@ -84,6 +84,33 @@ def find_checkpoint(path: str | Path, which: Literal["best", "last"] = "best") -
     return max(found, key=lambda p: p.stat().st_mtime)  # the newest, when the record is missing
 
 
+# what a checkpoint's weights are shaped by: a run can resume only with the same
+_SHAPE_KEYS = ("cell", "hidden", "num_layers", "embedding_dim")
+
+
+def check_resumable(path: Path, model: CharLM) -> None:
+    """One clear line when `path` was trained on another vocabulary or model shape than `model`,
+    instead of Lightning's page of mismatched weight sizes."""
+    saved = read_checkpoint(path).get("hyper_parameters", {})
+    vocab, here = list(saved.get("vocab", [])), list(model.vocab.chars)
+    if vocab != here:
+        extra, missing = sorted(set(here) - set(vocab)), sorted(set(vocab) - set(here))
+        changes = f"new here: {''.join(extra)[:40]!r}, gone: {''.join(missing)[:40]!r}"
+        raise CharLMError(
+            f"cannot resume from {path}: it was trained on another vocabulary ({len(vocab)} characters, "
+            f"this corpus has {len(here)}; {changes}). "
+            "Resume with the data settings it was trained with (see its run's .hydra/overrides.yaml)"
+        )
+    differ = [k for k in _SHAPE_KEYS if k in saved and saved[k] != model.hparams.get(k)]
+    if differ:
+        then = ", ".join(f"{k}={saved[k]}" for k in differ)
+        now = ", ".join(f"{k}={model.hparams.get(k)}" for k in differ)
+        raise CharLMError(
+            f"cannot resume from {path}: it was trained with {then}, this run has {now}. "
+            "Resume with the model settings it was trained with (see its run's .hydra/overrides.yaml)"
+        )
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> CharLM:
     """The model of a checkpoint file or run directory (its best checkpoint), in eval mode.
 

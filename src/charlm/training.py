@@ -21,7 +21,7 @@ from charlm.callbacks import (
     StopWhenDiverged,
     ValidateAtLastStep,
 )
-from charlm.checkpoints import AtomicCheckpointIO, find_checkpoint, read_checkpoint
+from charlm.checkpoints import AtomicCheckpointIO, check_resumable, find_checkpoint, read_checkpoint
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import CharLM
@@ -124,6 +124,7 @@ def train(cfg: DictConfig) -> float | None:
     resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
     datamodule, model, trainer = build(cfg)
     if resume:
+        check_resumable(resume, model)
         log.info("resuming from %s", resume)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     if resume and trainer.global_step == (step := read_checkpoint(resume)["global_step"]):
