@@ -9,12 +9,12 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm.cli import hydra_flags_first, quote_free_text
-from charlm.training import train
+from charlm.training import train_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    return train_job(cfg)
 
 
 if __name__ == "__main__":

@@ -249,3 +249,19 @@ def test_jobs_with_the_same_overrides_keep_their_own_curves(tmp_path: Path) -> N
     assert [len(line.get_xdata()) for line in curves.lines] == [2, 3]
     assert len({line.get_color() for line in curves.lines}) == 2
     assert [bar.get_width() for bar in bars.patches] == [pytest.approx(math.exp(v)) for v in (1.5, 1.8)]
+
+
+def test_a_failing_job_leaves_the_sweep_going_and_is_reported(tmp_path: Path) -> None:
+    result = run_train(["-m", "data=names", "hidden=0,8", *TINY], cwd=tmp_path)
+    assert result.returncode == 1  # scripts notice
+    output = result.stdout + result.stderr
+    assert "job failed: hidden must be at least 1, got 0" in output
+    assert "1 of 2 jobs failed: hidden=0" in output
+    assert "Traceback" not in output
+    (sweep_dir,) = (tmp_path / "logs" / "multiruns").iterdir()
+    assert list((sweep_dir / "1_hidden=8" / "checkpoints").glob("epoch*.ckpt"))  # the next job ran
+    report = (sweep_dir / "report.md").read_text(encoding="utf-8")
+    rows = {name: dict(zip(COLUMNS, cells, strict=True)) for name, cells in report_rows(report).items()}
+    assert rows["hidden=0"]["status"] == "failed" and rows["hidden=8"]["status"] == "finished"
+    assert "- **hidden=0**: CharLMError: hidden must be at least 1, got 0" in report
+    assert "Best: **hidden=8**" in report

@@ -31,6 +31,7 @@ from rich.table import Table
 log = logging.getLogger(__name__)
 
 EVENTS = "events.out.tfevents.*"
+ERROR_FILE = "error.txt"  # what a failed sweep job died of (training.train_job writes it)
 _SAMPLES_TAG = "samples/text_summary"  # SampleText's TEXT-tab entries
 COLUMNS = (
     "run",
@@ -70,6 +71,7 @@ class RunSummary:
     epochs: int | None = None
     val_ppl_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val ppl)
     sample: str | None = None  # the last text the run wrote in its TEXT tab
+    error: str | None = None  # why a sweep job failed
 
     @property
     def val_ppl(self) -> float | None:
@@ -201,14 +203,18 @@ def _job_order(path: Path) -> tuple[str, int, str]:
 def find_runs(root: Path) -> list[RunSummary]:
     """Every run under `root` (a folder holding event files), in job order, named by its overrides:
     `hidden=256` for `<multirun>/1_hidden=256`; by its path under `root` otherwise."""
-    paths = sorted({p.parent for p in root.rglob(EVENTS)}, key=_job_order)
+    logged = {p.parent for p in root.rglob(EVENTS)}
+    failed = {p.parent for p in root.rglob(ERROR_FILE)}
     runs = []
-    for path in paths:
+    for path in sorted(logged | failed, key=_job_order):
         if path.parent == root:
             name = job_name(path)
         else:
             name = path.name if path == root else str(path.relative_to(root))
-        runs.append(read_run(path, name))
+        run = read_run(path, name) if path in logged else RunSummary(name=name, path=path)
+        if path in failed:  # it may have logged before it failed, or not
+            run.status, run.error = "failed", (path / ERROR_FILE).read_text(encoding="utf-8").strip()
+        runs.append(run)
     return runs
 
 
@@ -271,6 +277,9 @@ def markdown(runs: list[RunSummary], figure: str | None) -> str:
     lines += ["time from the start of training to the end of the test."]
     if figure:
         lines += ["", f"![val perplexity against step, and the best of each run]({figure})"]
+    failures = [r for r in runs if r.error]
+    if failures:
+        lines += ["", "## Failed jobs", ""] + [f"- **{r.name}**: {r.error}" for r in failures]
     samples = [r for r in runs if r.sample]
     if samples:
         lines += ["", "## Samples", "", "The last text each run wrote (TensorBoard's TEXT tab)."]
@@ -352,12 +361,17 @@ def write_report(root: Path, console: Console | None = None) -> list[RunSummary]
 
 
 class SweepReport(Callback):
-    """Hydra callback: when a multirun ends, write its report into the multirun directory."""
+    """Hydra callback: when a multirun ends, write its report into the multirun directory; exit
+    non-zero when a job failed, so that scripts notice."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir)
-        if not write_report(root):
+        runs = write_report(root)
+        if not runs:
             log.warning("no TensorBoard events under %s: no sweep report", root)
+        if failed := [r.name for r in runs if r.error]:
+            log.error("%d of %d jobs failed: %s (see report.md)", len(failed), len(runs), ", ".join(failed))
+            raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

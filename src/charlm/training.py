@@ -10,6 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
@@ -25,7 +26,7 @@ from charlm.checkpoints import AtomicCheckpointIO, check_resumable, find_checkpo
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import CharLM
-from charlm.report import RunSummary, job_name, read_run
+from charlm.report import ERROR_FILE, RunSummary, job_name, read_run
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,24 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
     return datamodule, model, trainer
+
+
+def train_job(cfg: DictConfig) -> float | None:
+    """`train`, except that in a multirun a failing job is logged (one line, and `error.txt` in its
+    directory for the sweep report) and the sweep goes on with the next job."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return train(cfg)
+    try:
+        return train(cfg)
+    except Exception as err:  # one job's failure must not cost the sweep its other jobs
+        if isinstance(err, CharLMError):
+            log.error("job failed: %s", err)
+        else:  # a bug, not bad input: keep its traceback
+            log.exception("job failed: %s: %s", type(err).__name__, err)
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ERROR_FILE).write_text(f"{type(err).__name__}: {err}\n", encoding="utf-8")
+        return None
 
 
 def train(cfg: DictConfig) -> float | None:
