@@ -19,6 +19,7 @@ from charlm.cli import quote_free_text
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import DEFAULT_OPTIMIZER, CharLM
+from charlm.schema import check_types
 
 GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir())
 
@@ -46,6 +47,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
         overrides.append(f"data.path={tmp_path}")
     cfg = compose_train(overrides)
     assert cfg.hidden == cfg.model.hidden == 256
+    check_types(cfg)  # every shipped option has the types the schema wants
     if group == "data":
         assert isinstance(instantiate(cfg.data), CharDataModule)
     if group == "model":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from conftest import TINY, run_train
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -70,6 +71,24 @@ def test_a_single_run_shorter_than_an_epoch(tmp_path: Path) -> None:
         rf"done: {run.name}: params [\d,]+, val loss [\d.]+, .* status finished",
         result.stdout + result.stderr,
     )
+
+
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("hidden=abc", "hidden='abc' is not an integer"),
+        ("data.seq_len=1.5", "data.seq_len=1.5 is not an integer"),
+        ("optimizer.lr=fast", "optimizer.lr='fast' is not a number"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_named_before_anything_runs(
+    tmp_path: Path, override: str, error: str
+) -> None:
+    empty = tmp_path / "data"  # Quijote is not there: a download would be tried, and fail, first
+    result = run_train(["data=quijote", f"paths.data_dir={empty}", override], cwd=tmp_path)
+    assert result.returncode != 0
+    assert error in result.stderr and "could not get corpus" not in result.stderr
+    assert "Traceback" not in result.stderr and not empty.exists()
 
 
 def test_a_diverging_run_stops_with_the_step_and_a_suggestion(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.model import CharLM
 from charlm.report import ERROR_FILE, RunSummary, job_name, read_run
+from charlm.schema import check_types
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ def train_job(cfg: DictConfig) -> float | None:
 
 def train(cfg: DictConfig) -> float | None:
     """Train, test with the best checkpoint, and return the best val loss (for Hydra sweepers)."""
+    check_types(cfg)  # before the corpus is read: a typo costs a second, not a minute
     resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
     datamodule, model, trainer = build(cfg)
     if resume:
