@@ -210,3 +210,16 @@ def test_download_without_network_is_clear_and_leaves_no_file(tmp_path: Path) ->
     with pytest.raises(CharLMError, match="could not get corpus 'tiny'.*by hand"):
         corpus.fetch(data_dir)
     assert not data_dir.exists() or list(data_dir.iterdir()) == []
+
+
+def test_a_latin1_file_is_named_with_its_byte_and_reads_with_data_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "poemas.txt"
+    path.write_bytes("Volverán las oscuras golondrinas\n".encode("latin-1") * 50)
+    expected = r"is not utf-8 text \(byte 6 is b'\\xe1'\): .* data.encoding=latin-1"  # 'á' in Latin-1
+    with pytest.raises(CharLMError, match=expected):
+        CharDataModule(path=str(path), seq_len=8).setup()
+    datamodule = CharDataModule(path=str(path), seq_len=8, encoding="latin-1")
+    datamodule.setup()
+    assert "á" in datamodule.vocab.chars
+    with pytest.raises(CharLMError, match="unknown data.encoding 'klingon'"):
+        CharDataModule(path=str(path), encoding="klingon").setup()

@@ -46,13 +46,16 @@ def _why_download_failed(err: Exception, url: str) -> str:
     return (str(err).splitlines() or [type(err).__name__])[0][:200]
 
 
-def _decode(path: Path) -> str:
+def _decode(path: Path, encoding: str = "utf-8") -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
+    except LookupError:
+        raise CharLMError(f"unknown data.encoding {encoding!r}: try utf-8, latin-1 or cp1252") from None
     except UnicodeDecodeError as err:
         raise CharLMError(
-            f"{path} is not UTF-8 text (byte {err.start} is {err.object[err.start : err.start + 1]!r}); "
-            "convert it, e.g. `iconv -f latin1 -t utf-8`"
+            f"{path} is not {encoding} text (byte {err.start} is {err.object[err.start : err.start + 1]!r}): "
+            "if it is Latin-1 or Windows text, set data.encoding=latin-1 (or cp1252); "
+            "a binary file is no corpus"
         ) from None
 
 
@@ -104,12 +107,14 @@ class Download:
 
 
 class TextFiles:
-    """A local UTF-8 file, or every *.txt file under a folder (sorted by path, joined by newlines)."""
+    """A local text file, or every *.txt file under a folder (sorted by path, joined by newlines),
+    in `encoding` (UTF-8 unless told)."""
 
     name = "textfile"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, encoding: str = "utf-8"):
         self.root = Path(path).expanduser()
+        self.encoding = encoding
 
     def files(self) -> list[Path]:
         if self.root.is_file():
@@ -125,7 +130,7 @@ class TextFiles:
         self.files()
 
     def read(self, data_dir: Path) -> str:
-        return "\n".join(_decode(p) for p in self.files())
+        return "\n".join(_decode(p, self.encoding) for p in self.files())
 
 
 class CensusNames:

@@ -25,8 +25,8 @@ STAGES = ("train", "val", "test")
 class CharDataModule(pl.LightningDataModule):
     """Next-character windows of one corpus, split contiguously into train/val/test.
 
-    Give either `corpus` (see `charlm.corpora`) or `path` (a local UTF-8 file or folder of .txt
-    files). `stride` defaults to `seq_len` (non-overlapping chunks); 1 gives every window.
+    Give either `corpus` (see `charlm.corpora`) or `path` (a local file or folder of .txt files,
+    in `encoding`). `stride` defaults to `seq_len` (non-overlapping chunks); 1 gives every window.
     `stateful=True` lays every split out as `batch_size` parallel streams read in order instead
     (see `StreamBatches`), for a model that carries its hidden state across batches.
 
@@ -47,6 +47,7 @@ class CharDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         stateful: bool = False,
+        encoding: str = "utf-8",
     ):
         super().__init__()
         if corpus is None and path is None:
@@ -61,7 +62,7 @@ class CharDataModule(pl.LightningDataModule):
         if batch_size < 1:
             raise CharLMError(f"data.batch_size must be at least 1, got {batch_size}")
         self.save_hyperparameters(ignore=["corpus"], logger=False)  # kept in checkpoints
-        self.corpus = corpus if corpus is not None else TextFiles(path)
+        self.corpus = corpus if corpus is not None else TextFiles(path, encoding)
         self.data_dir = Path(data_dir)
         self.seq_len, self.stride = seq_len, seq_len if stride is None else stride
         self.splits = tuple(splits)

@@ -37,6 +37,7 @@ class Model:
 @dataclass
 class Data:
     path: Optional[str]  # noqa: UP045
+    encoding: str
     seq_len: int
     stride: int
     splits: list[float]
