@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,33 @@ def run_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+class CorpusServer(SimpleHTTPRequestHandler):
+    """Serves a folder; `<file>.cut` sends the headers of the whole file but only half of it, then
+    hangs up, as a dropped connection does."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if not self.path.endswith(".cut"):
+            return super().do_GET()
+        data = (Path(self.directory) / self.path.strip("/").removesuffix(".cut")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.close_connection = True
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real HTTP server on 127.0.0.1 serving a folder: (its URL, the folder)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(CorpusServer, directory=str(served))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{server.server_address[1]}", served
+        server.shutdown()

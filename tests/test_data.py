@@ -188,6 +188,26 @@ def test_download_hash_mismatch_is_clear_and_leaves_no_file(tmp_path: Path, text
     assert not data_dir.exists() or list(data_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["cut", "refused"])
+def test_a_broken_download_is_one_line_and_leaves_no_file(
+    tmp_path: Path, http_server: tuple[str, Path], where: str
+) -> None:
+    url, served = http_server
+    (served / "quijote.txt").write_text("En un lugar de la Mancha\n" * 40_000, encoding="utf-8")  # 1 MB
+    if where == "cut":  # the connection drops half way
+        source, why = f"{url}/quijote.txt.cut", "Connection broken"
+    else:  # nothing listens there: no network
+        source, why = "http://127.0.0.1:9/quijote.txt", "cannot connect to 127.0.0.1 (no network?)"
+    data_dir = tmp_path / "data"
+    corpus = Download("quijote", source, _sha256(served / "quijote.txt"), filename="quijote.txt")
+    with pytest.raises(CharLMError) as raised:
+        corpus.fetch(data_dir)
+    message = str(raised.value)
+    assert message.startswith(f"could not get corpus 'quijote' from {source}: ") and why in message
+    assert "\n" not in message and f"Download it by hand to {data_dir / 'quijote.txt'}" in message
+    assert not data_dir.exists() or list(data_dir.iterdir()) == []  # no partial file to be used later
+
+
 def test_a_file_put_by_hand_with_the_wrong_hash_is_named_and_kept(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()

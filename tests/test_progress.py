@@ -3,33 +3,15 @@ training, whose bar carries the loss and the val perplexity."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
 from conftest import TINY, compose_train
 
 import charlm.vocab
 from charlm.corpora import Download
 from charlm.training import build
 from charlm.vocab import Vocabulary
-
-
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A real HTTP server on 127.0.0.1 serving a folder: (its URL, the folder)."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        yield f"http://127.0.0.1:{server.server_address[1]}", served
-        server.shutdown()
 
 
 def test_a_download_shows_its_progress(http_server: tuple[str, Path], tmp_path: Path, capfd) -> None:
