@@ -74,6 +74,30 @@ def test_a_single_run_shorter_than_an_epoch(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model=lstmm", ["Could not find 'model/lstmm'", "Available options in 'model':", "gru", "rnn"]),
+        ("data=quijot", ["Could not find 'data/quijot'", "names", "quijote", "textfile", "tinyshakespeare"]),
+        ("trainer=gpus", ["Could not find 'trainer/gpus'", "cpu", "ddp", "default", "gpu"]),
+        ("model.hiden=3", ["Could not override 'model.hiden'", "Key 'hiden' is not in struct"]),
+    ],
+)
+def test_unknown_names_and_keys_are_refused_with_the_choices(
+    tmp_path: Path, override: str, expected: list[str]
+) -> None:
+    result = run_train([override], cwd=tmp_path)
+    assert result.returncode != 0
+    assert all(text in result.stderr for text in expected) and "Traceback" not in result.stderr
+    assert not (tmp_path / "logs").exists()  # refused before any run directory is made
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    result = run_train(["--cfg", "job", "model=gru", "hidden=64"], cwd=tmp_path)
+    assert result.returncode == 0
+    assert "cell: gru" in result.stdout and "hidden: 64" in result.stdout and "seq_len: 100" in result.stdout
+
+
+@pytest.mark.parametrize(
     "override, error",
     [
         ("hidden=abc", "hidden='abc' is not an integer"),
