@@ -243,3 +243,24 @@ def test_a_latin1_file_is_named_with_its_byte_and_reads_with_data_encoding(tmp_p
     assert "á" in datamodule.vocab.chars
     with pytest.raises(CharLMError, match="unknown data.encoding 'klingon'"):
         CharDataModule(path=str(path), encoding="klingon").setup()
+
+
+@pytest.mark.parametrize(
+    "name, content, error",
+    [
+        ("nowhere.txt", None, r"data.path .*nowhere.txt does not exist"),
+        ("", None, r"no .txt files in folder"),
+        ("empty.txt", b"", r"corpus 'textfile' is empty"),
+        ("image.txt", b"\x89PNG\r\n\x1a\n\x00", r"byte 0 is b'\\x89'"),
+        ("short.txt", b"hola\n" * 10, r"fewer than one window"),
+    ],
+)
+def test_unusable_text_files_get_one_clear_line(
+    tmp_path: Path, name: str, content: bytes | None, error: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CharLMError, match=error) as raised:
+        CharDataModule(path=str(path), seq_len=100).setup()
+    assert "\n" not in str(raised.value)

@@ -141,6 +141,17 @@ def test_resuming_with_another_model_or_vocabulary_says_so(
         train_tiny(tmp_path / "again", text_file, f"ckpt_path={tmp_path / 'first' / 'run'}", change)
 
 
+def test_resuming_from_a_missing_or_damaged_checkpoint_says_so(tmp_path: Path, text_file: Path) -> None:
+    with pytest.raises(CharLMError, match=r"no checkpoint at .*nowhere: give a .ckpt file or a run dir"):
+        train_tiny(tmp_path / "a", text_file, f"ckpt_path={tmp_path / 'nowhere'}")
+    train_tiny(tmp_path / "first", text_file, "++trainer.max_steps=6")
+    damaged = tmp_path / "half.ckpt"
+    whole = (tmp_path / "first" / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    damaged.write_bytes(whole[: len(whole) // 2])  # as a full disk or a kill mid-copy leaves it
+    with pytest.raises(CharLMError, match=r"cannot read checkpoint .*half.ckpt .* it is damaged"):
+        train_tiny(tmp_path / "b", text_file, f"ckpt_path={damaged}")
+
+
 def test_trainer_switches_turn_off_logging_bar_and_checkpoints(tmp_path: Path, text_file: Path) -> None:
     off = ["~logger", "++trainer.enable_progress_bar=false", "++trainer.enable_checkpointing=false"]
     assert train_tiny(tmp_path, text_file, *off) < math.log(len(set(text_file.read_text(encoding="utf-8"))))

@@ -43,7 +43,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint as plain data on the CPU (memory-mapped), or one clear error if it is damaged."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    # OSError: a truncated file fails to memory-map ("Invalid argument")
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise CharLMError(f"cannot read checkpoint {path} ({err}): it is damaged or no checkpoint") from None
 
 
