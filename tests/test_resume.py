@@ -56,7 +56,7 @@ def finish(process: subprocess.Popen) -> None:
     assert process.returncode == 0, output[-3000:]
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_a_killed_run_resumes_to_the_same_end(tmp_path: Path, stop: signal.Signals) -> None:
     """SIGKILL loses the steps since the last checkpoint; SIGINT (Ctrl+C) saves at the next step."""
     corpus = tmp_path / "corpus.txt"

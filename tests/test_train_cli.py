@@ -91,6 +91,22 @@ def test_unknown_names_and_keys_are_refused_with_the_choices(
     assert not (tmp_path / "logs").exists()  # refused before any run directory is made
 
 
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("hidden=-3", "hidden must be at least 1, got -3"),
+        ("data.seq_len=0", "seq_len (0) and stride (0) must be at least 1"),
+        ("data.batch_size=0", "data.batch_size must be at least 1, got 0"),
+        ("data.splits=[0.5,0.2,0.2]", "must be non-negative and sum to 1"),
+        ("data.splits=[0.95,0.0,0.05]", "the val split has 0 characters, fewer than one window"),
+    ],
+)
+def test_values_out_of_range_are_one_clear_line(tmp_path: Path, override: str, error: str) -> None:
+    result = run_train(["data=names", *TINY, override], cwd=tmp_path)  # last: TINY sets seq_len too
+    assert result.returncode != 0
+    assert error in result.stderr and "Traceback" not in result.stderr
+
+
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     result = run_train(["--cfg", "job", "model=gru", "hidden=64"], cwd=tmp_path)
     assert result.returncode == 0
