@@ -56,9 +56,12 @@ def finish(process: subprocess.Popen) -> None:
     assert process.returncode == 0, output[-3000:]
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize(
+    "stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"]
+)
 def test_a_killed_run_resumes_to_the_same_end(tmp_path: Path, stop: signal.Signals) -> None:
-    """SIGKILL loses the steps since the last checkpoint; SIGINT (Ctrl+C) saves at the next step."""
+    """SIGKILL loses the steps since the last checkpoint; SIGINT (Ctrl+C) and SIGTERM (`kill`, a
+    scheduler's notice) save at the next step."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(("En un lugar de la Mancha, de cuyo nombre no quiero acordarme. " * 1000)[:60_000])
     data = [f"data.path={corpus}"]
@@ -191,8 +194,11 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(
     )
     datamodule, model, trainer = build(cfg)
     trainer.callbacks.insert(0, PoisonWeights(at=poison_at))  # before the checkpoints, as an update is
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     with pytest.raises(CharLMError, match=error):
         trainer.fit(model, datamodule=datamodule)
+    # the Ctrl+C handler is gone with the failed run: the next job of a sweep starts clean
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 6  # the validation at step 6 (after the step-5 save): good
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())

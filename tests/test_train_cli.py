@@ -119,6 +119,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
         ("hidden=abc", "hidden='abc' is not an integer"),
         ("data.seq_len=1.5", "data.seq_len=1.5 is not an integer"),
         ("optimizer.lr=fast", "optimizer.lr='fast' is not a number"),
+        ("data.lowercase=no", "data.lowercase='no' is not true or false"),  # 'no' would count as true
     ],
 )
 def test_settings_of_the_wrong_type_are_named_before_anything_runs(

@@ -106,14 +106,17 @@ class StopWhenDiverged(pl.Callback):
     Runs before the checkpoint callbacks (Lightning puts those last), so no checkpoint of that step
     is written; the model refuses to save non-finite weights besides (CharLM.on_save_checkpoint).
     The check reads the loss every step: on a GPU that waits for the device, as the throughput
-    monitor does anyway.
+    monitor does anyway. Under DDP the ranks decide together, so none is left waiting.
     """
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *_: Any
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
-        if torch.isfinite(loss):
+        diverged = not bool(torch.isfinite(loss))
+        if trainer.world_size > 1:
+            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if not diverged:
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         last_good = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
@@ -125,31 +128,55 @@ class StopWhenDiverged(pl.Callback):
         )
 
 
+# Ctrl+C, and what `kill`, `timeout` and cluster schedulers send before they kill
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class SaveOnInterrupt(pl.Callback):
-    """Ctrl+C (SIGINT) in training: finish the step, save last.ckpt, and stop; a second Ctrl+C
-    stops at once, without saving (Lightning's own handling).
+    """Ctrl+C (SIGINT) or SIGTERM in training: finish the step, save last.ckpt, and stop; a second
+    one stops at once, without saving (Lightning's own handling).
 
     The checkpoint is taken between steps, where the step checkpoints are, so `ckpt_path=<run dir>`
-    resumes exactly, with no step lost. Lightning's default would stop mid-step and save nothing.
+    resumes exactly, with no step lost; during a validation, at its end. Lightning's default would
+    stop mid-step and save nothing.
     """
 
     def __init__(self) -> None:
         self._asked = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def _ask(self, signum: int, frame: Any) -> None:
         self._asked = True
-        signal.signal(signal.SIGINT, self._previous)  # the next Ctrl+C goes through at once
+        self._restore()  # the next one goes through at once
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._ask:
+                signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # here, not at fit start: Lightning takes a note of the handlers before training and puts
+        # them back at its teardown, which would bring ours back after a failed run
+        self._asked = False
         if threading.current_thread() is threading.main_thread():  # where Python delivers signals
-            self._previous = signal.signal(signal.SIGINT, self._ask)
+            self._previous = {signum: signal.signal(signum, self._ask) for signum in STOP_SIGNALS}
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._ask:
-            signal.signal(signal.SIGINT, self._previous)
+        self._restore()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()  # a failed job must not leave the next job of a sweep its handler
 
     def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_asked(trainer)  # asked during the last validation: no step follows it
+
+    def _stop_if_asked(self, trainer: pl.Trainer) -> None:
         asked = self._asked
         if trainer.world_size > 1:  # every rank stops at the same step, or the save would hang
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)

@@ -1,19 +1,19 @@
 """The types of the settings people type most, checked before anything runs.
 
 `hidden=abc` or `data.seq_len=1.5` would otherwise surface minutes later, after the corpus is
-read, as a TypeError deep in torch. Each group's known keys are merged into a typed dataclass
-(OmegaConf's structured configs), which names the key and the type it wants; the other keys of a
-group (any Trainer argument, an optimizer's own) pass unchecked.
+read, as a TypeError deep in torch. Each group's known keys are declared in a dataclass and
+checked strictly (`data.lowercase=no` is the text 'no', not false), naming the key and the type
+it wants; the other keys of a group (any Trainer argument, an optimizer's own) pass unchecked.
 """
 
 from __future__ import annotations
 
 import typing
-from dataclasses import dataclass, fields
-from typing import Any, Optional
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ValidationError
 
 from charlm.errors import CharLMError
 
@@ -21,7 +21,7 @@ from charlm.errors import CharLMError
 @dataclass
 class Top:
     hidden: int
-    seed: Optional[int]  # noqa: UP045 (OmegaConf 2.3 reads Optional, not X | None)
+    seed: int | None
 
 
 @dataclass
@@ -30,16 +30,16 @@ class Model:
     hidden: int
     num_layers: int
     dropout: float
-    embedding_dim: Optional[int]  # noqa: UP045
+    embedding_dim: int | None
     stateful: bool
 
 
 @dataclass
 class Data:
-    path: Optional[str]  # noqa: UP045
+    path: str | None
     encoding: str
     seq_len: int
-    stride: int
+    stride: int | None  # null: seq_len
     splits: list[float]
     lowercase: bool
     letters_only: bool
@@ -56,9 +56,9 @@ class Optimizer:
 
 @dataclass
 class Trainer:
-    max_epochs: Optional[int]  # noqa: UP045
+    max_epochs: int | None
     max_steps: int
-    gradient_clip_val: Optional[float]  # noqa: UP045
+    gradient_clip_val: float | None
     log_every_n_steps: int
 
 
@@ -67,11 +67,30 @@ SCHEMAS: dict[str, type] = {"": Top, "model": Model, "data": Data, "optimizer": 
 _WANTED = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
 
 
+def _is(value: Any, kind: type) -> bool:
+    """Strictly: `true`, not 'yes' (which would pass as a string, and count as true)."""
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list:
+        items = isinstance(value, Sequence) and not isinstance(value, str)
+        return items and all(_is(v, args[0]) for v in value)
+    if args:  # X | None
+        return value is None or _is(value, args[0])
+    return _is(value, annotation)
+
+
 def _wanted(annotation: Any) -> str:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is list:
         return f"a list of {_WANTED[args[0]].removeprefix('a ').removeprefix('an ')}s"
-    if args:  # Optional[X]
+    if args:  # X | None
         return f"{_WANTED[args[0]]} or null"
     return _WANTED[annotation]
 
@@ -82,13 +101,10 @@ def check_types(cfg: DictConfig) -> None:
         node = cfg.get(group) if group else cfg
         if not isinstance(node, DictConfig):
             continue
-        hints = typing.get_type_hints(schema)
-        for field in fields(schema):
-            if field.name not in node:
+        for name, annotation in typing.get_type_hints(schema).items():
+            if name not in node:
                 continue
-            value = node[field.name]
-            try:
-                OmegaConf.merge(OmegaConf.structured(schema), {field.name: value})
-            except ValidationError:
-                key = f"{group}.{field.name}" if group else field.name
-                raise CharLMError(f"{key}={value!r} is not {_wanted(hints[field.name])}") from None
+            value = OmegaConf.to_object(node[name]) if OmegaConf.is_config(node[name]) else node[name]
+            if not _fits(value, annotation):
+                key = f"{group}.{name}" if group else name
+                raise CharLMError(f"{key}={value!r} is not {_wanted(annotation)}")
