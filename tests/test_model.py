@@ -125,8 +125,9 @@ def test_resuming_a_finished_run_says_so(tmp_path: Path, text_file: Path) -> Non
     [
         (
             "hidden=32",
-            r"it was trained with hidden=16, this run has hidden=32\. Resume with the model settings",
+            r"it was trained with hidden=16, this run has hidden=32\. Resume with the settings",
         ),
+        ("data.seq_len=8", r"trained with data.seq_len=16, data.stride=16, this run has data.seq_len=8"),
         (
             "data.lowercase=true",
             r"another vocabulary \(\d+ characters, this corpus has \d+; new here: '', gone: 'EM'\)",
@@ -150,6 +151,12 @@ def test_resuming_from_a_missing_or_damaged_checkpoint_says_so(tmp_path: Path, t
     damaged.write_bytes(whole[: len(whole) // 2])  # as a full disk or a kill mid-copy leaves it
     with pytest.raises(CharLMError, match=r"cannot read checkpoint .*half.ckpt .* it is damaged"):
         train_tiny(tmp_path / "b", text_file, f"ckpt_path={damaged}")
+    flipped = bytearray(whole)
+    middle = len(whole) // 3
+    flipped[middle : middle + 8] = bytes(b ^ 0xFF for b in flipped[middle : middle + 8])  # bad disk or copy
+    damaged.write_bytes(flipped)
+    with pytest.raises(CharLMError, match=r"cannot read checkpoint .*half.ckpt \(.* fails its checksum\)"):
+        train_tiny(tmp_path / "c", text_file, f"ckpt_path={damaged}")
 
 
 def test_trainer_switches_turn_off_logging_bar_and_checkpoints(tmp_path: Path, text_file: Path) -> None:

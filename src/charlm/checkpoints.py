@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
+import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
@@ -35,12 +36,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, path)
+        except OSError as err:  # a full disk, most often
+            raise CharLMError(
+                f"could not save checkpoint {path}: {err.strerror or err}. The previous one is intact; "
+                "free space on its disk (or set paths.log_dir elsewhere) and resume with ckpt_path=<run dir>"
+            ) from None
         finally:
             partial.unlink(missing_ok=True)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint as plain data on the CPU (memory-mapped), or one clear error if it is damaged."""
+    """The checkpoint as plain data on the CPU (memory-mapped), or one clear error if it is damaged:
+    truncated, or with a flipped byte anywhere (each entry's CRC is checked; torch would not)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as err:
+        raise CharLMError(f"cannot read checkpoint {path} ({err}): it is damaged or no checkpoint") from None
+    if damaged:
+        raise CharLMError(f"cannot read checkpoint {path} ({damaged} fails its checksum): it is damaged")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     # OSError: a truncated file fails to memory-map ("Invalid argument")
@@ -89,10 +103,16 @@ def find_checkpoint(path: str | Path, which: Literal["best", "last"] = "best") -
 _SHAPE_KEYS = ("cell", "hidden", "num_layers", "embedding_dim")
 
 
-def check_resumable(path: Path, model: CharLM) -> None:
-    """One clear line when `path` was trained on another vocabulary or model shape than `model`,
-    instead of Lightning's page of mismatched weight sizes."""
-    saved = read_checkpoint(path).get("hyper_parameters", {})
+# what the saved position in the data means: another value would resume on other windows
+_DATA_KEYS = ("seq_len", "stride", "batch_size", "splits", "stateful")
+
+
+def check_resumable(path: Path, model: CharLM, datamodule: pl.LightningDataModule) -> None:
+    """One clear line when `path` was trained on another vocabulary, model shape or data layout
+    than this run's, instead of Lightning's page of mismatched weight sizes (or a silent resume
+    on other batches)."""
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.get("hyper_parameters", {})
     vocab, here = list(saved.get("vocab", [])), list(model.vocab.chars)
     if vocab != here:
         extra, missing = sorted(set(here) - set(vocab)), sorted(set(vocab) - set(here))
@@ -102,14 +122,22 @@ def check_resumable(path: Path, model: CharLM) -> None:
             f"this corpus has {len(here)}; {changes}). "
             "Resume with the data settings it was trained with (see its run's .hydra/overrides.yaml)"
         )
-    differ = [k for k in _SHAPE_KEYS if k in saved and saved[k] != model.hparams.get(k)]
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    differ = [(k, saved[k], model.hparams.get(k)) for k in _SHAPE_KEYS if k in saved]
+    differ += [(f"data.{k}", data[k], datamodule.hparams.get(k)) for k in _DATA_KEYS if k in data]
+    differ = [(k, then, now) for k, then, now in differ if list_or_value(then) != list_or_value(now)]
     if differ:
-        then = ", ".join(f"{k}={saved[k]}" for k in differ)
-        now = ", ".join(f"{k}={model.hparams.get(k)}" for k in differ)
+        then = ", ".join(f"{k}={v}" for k, v, _ in differ)
+        now = ", ".join(f"{k}={v}" for k, _, v in differ)
         raise CharLMError(
             f"cannot resume from {path}: it was trained with {then}, this run has {now}. "
-            "Resume with the model settings it was trained with (see its run's .hydra/overrides.yaml)"
+            "Resume with the settings it was trained with (see its run's .hydra/overrides.yaml)"
         )
+
+
+def list_or_value(value: Any) -> Any:
+    """Splits come back from a checkpoint as a list, and from a config as a tuple."""
+    return list(value) if isinstance(value, list | tuple) else value
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> CharLM:

@@ -124,7 +124,7 @@ class TextFiles:
             if not found:
                 raise CharLMError(f"no .txt files in folder {self.root}")
             return found
-        raise CharLMError(f"data.path {self.root} does not exist: give a UTF-8 text file or a folder")
+        raise CharLMError(f"data.path {self.root} does not exist: give a text file or a folder of .txt files")
 
     def fetch(self, data_dir: Path) -> None:
         self.files()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def train_job(cfg: DictConfig) -> float | None:
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / ERROR_FILE).write_text(f"{type(err).__name__}: {err}\n", encoding="utf-8")
-        return None
+        return math.inf  # for a sweeper minimising the val loss: the worst
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -145,7 +146,7 @@ def train(cfg: DictConfig) -> float | None:
     resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
     datamodule, model, trainer = build(cfg)
     if resume:
-        check_resumable(resume, model)
+        check_resumable(resume, model, datamodule)
         log.info("resuming from %s", resume)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     if resume and trainer.global_step == (step := read_checkpoint(resume)["global_step"]):
