@@ -113,10 +113,8 @@ class StopWhenDiverged(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *_: Any
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
-        diverged = not bool(torch.isfinite(loss))
-        if trainer.world_size > 1:
-            diverged = trainer.strategy.reduce_boolean_decision(diverged, all=False)
-        if not diverged:
+        # any rank's (a single-device strategy returns the decision as it is)
+        if not trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             return
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         last_good = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
@@ -177,10 +175,8 @@ class SaveOnInterrupt(pl.Callback):
         self._stop_if_asked(trainer)  # asked during the last validation: no step follows it
 
     def _stop_if_asked(self, trainer: pl.Trainer) -> None:
-        asked = self._asked
-        if trainer.world_size > 1:  # every rank stops at the same step, or the save would hang
-            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
-        if not asked:
+        # every rank stops at the same step, or the save would hang
+        if not trainer.strategy.reduce_boolean_decision(self._asked, all=False):
             return
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath:

@@ -51,15 +51,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
-    except (OSError, zipfile.BadZipFile) as err:
-        raise CharLMError(f"cannot read checkpoint {path} ({err}): it is damaged or no checkpoint") from None
-    if damaged:
-        raise CharLMError(f"cannot read checkpoint {path} ({damaged} fails its checksum): it is damaged")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not damaged:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     # OSError: a truncated file fails to memory-map ("Invalid argument")
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise CharLMError(f"cannot read checkpoint {path} ({err}): it is damaged or no checkpoint") from None
+    raise CharLMError(f"cannot read checkpoint {path} ({damaged} fails its checksum): it is damaged")
 
 
 def _best_recorded(last: Path) -> Path | None:
@@ -107,11 +104,12 @@ _SHAPE_KEYS = ("cell", "hidden", "num_layers", "embedding_dim")
 _DATA_KEYS = ("seq_len", "stride", "batch_size", "splits", "stateful")
 
 
-def check_resumable(path: Path, model: CharLM, datamodule: pl.LightningDataModule) -> None:
-    """One clear line when `path` was trained on another vocabulary, model shape or data layout
-    than this run's, instead of Lightning's page of mismatched weight sizes (or a silent resume
-    on other batches)."""
-    checkpoint = read_checkpoint(path)
+def check_resumable(
+    path: Path, checkpoint: dict[str, Any], model: CharLM, datamodule: pl.LightningDataModule
+) -> None:
+    """One clear line when `checkpoint` (read from `path`) was trained on another vocabulary, model
+    shape or data layout than this run's, instead of Lightning's page of mismatched weight sizes
+    (or a silent resume on other batches)."""
     saved = checkpoint.get("hyper_parameters", {})
     vocab, here = list(saved.get("vocab", [])), list(model.vocab.chars)
     if vocab != here:

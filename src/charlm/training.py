@@ -125,11 +125,11 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
 def train_job(cfg: DictConfig) -> float | None:
     """`train`, except that in a multirun a failing job is logged (one line, and `error.txt` in its
     directory for the sweep report) and the sweep goes on with the next job."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return train(cfg)
     try:
         return train(cfg)
     except Exception as err:  # one job's failure must not cost the sweep its other jobs
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
         if isinstance(err, CharLMError):
             log.error("job failed: %s", err)
         else:  # a bug, not bad input: keep its traceback
@@ -146,10 +146,13 @@ def train(cfg: DictConfig) -> float | None:
     resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
     datamodule, model, trainer = build(cfg)
     if resume:
-        check_resumable(resume, model, datamodule)
+        saved = read_checkpoint(resume)  # once: it checks every byte of the file
+        check_resumable(resume, saved, model, datamodule)
+        step = saved["global_step"]
+        del saved  # memory-mapped: not held open through training
         log.info("resuming from %s", resume)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
-    if resume and trainer.global_step == (step := read_checkpoint(resume)["global_step"]):
+    if resume and trainer.global_step == step:
         raise CharLMError(
             f"nothing to resume: {resume} had finished its training (step {step}); "
             "raise trainer.max_epochs or ++trainer.max_steps to train it further"
