@@ -127,6 +127,17 @@ def test_stream_batches_continue_each_other_row_by_row() -> None:
     assert torch.equal(batches[1][0][:, 0], batches[0][1][:, -1])
 
 
+def test_ddp_ranks_read_their_own_streams_of_the_single_process_layout() -> None:
+    """N ranks of batch_size streams each read exactly the streams of one process with N x batch_size."""
+    ids = torch.arange(1000)
+    whole = StreamBatches(ids, batch_size=6, seq_len=10)
+    ranks = [StreamBatches(ids, batch_size=3, seq_len=10, rank=r, world_size=2) for r in range(2)]
+    assert all(len(rank) == len(whole) for rank in ranks)
+    for i in range(len(whole)):
+        inputs, targets = zip(*(rank[i] for rank in ranks), strict=True)
+        assert torch.equal(torch.cat(inputs), whole[i][0]) and torch.equal(torch.cat(targets), whole[i][1])
+
+
 def test_stateful_datamodule_reads_the_streams_in_order(text_file: Path) -> None:
     dm = CharDataModule(path=str(text_file), seq_len=16, batch_size=8, stateful=True)
     dm.setup()

@@ -18,6 +18,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
+from charlm.ddp import every_rank
 from charlm.errors import CharLMError
 from charlm.generation import generate
 
@@ -71,6 +72,8 @@ class LogHyperparameters(pl.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # DDP: the report's chars/s counts every rank's characters
+        self.params["trainer/world_size"] = trainer.world_size
         for logger in trainer.loggers:  # TensorBoard's, given no metrics, only fills hparams.yaml
             logger.log_hyperparams(self.params)
         _, session_start, _ = hparams(self.params, {})
@@ -206,18 +209,25 @@ class ModelCheckpoint(callbacks.ModelCheckpoint):
 class RandomState(pl.Callback):
     """Keep torch's random state in checkpoints, so a resumed run draws the same dropout masks as
     one that never stopped (Lightning keeps the data order, through StatefulDataLoader, but not
-    this). A callback, not a module hook: loading a model to use it must not reset anyone's RNG."""
+    this): every DDP rank's, as each draws its own. A callback, not a module hook: loading a model
+    to use it must not reset anyone's RNG."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._module = pl_module  # to gather the ranks' states at save time
 
     def state_dict(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state()  # the current device: this rank's
-        return state
+        ranks = every_rank(self._module, tuple(state.values()))
+        return {"ranks": [{k: v.cpu() for k, v in zip(state, rank, strict=True)} for rank in ranks]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["torch"].cpu())
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state_dict["cuda"].cpu())
+        ranks = state_dict.get("ranks", [state_dict])  # one process's, as saved before DDP was
+        state = ranks[self._module.global_rank % len(ranks)]
+        torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 class TrainingThroughput(callbacks.ThroughputMonitor):
@@ -283,8 +293,9 @@ class SampleText(pl.Callback):
 
     @staticmethod
     def _append(trainer: pl.Trainer, heading: str, text: str) -> None:
-        """samples.txt in the run directory, beside the metrics: every sample, headed."""
-        with open(Path(trainer.log_dir) / "samples.txt", "a", encoding="utf-8") as file:
+        """samples.txt in the run directory, beside the metrics: every sample, headed. (The
+        directory is the first logger's: `trainer.log_dir` asks every DDP rank, and only rank 0 is here.)"""
+        with open(Path(trainer.loggers[0].log_dir) / "samples.txt", "a", encoding="utf-8") as file:
             file.write(f"=== {heading} ===\n{text}\n\n")
 
     @rank_zero_only

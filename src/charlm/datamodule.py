@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Dataset, DistributedSampler, default_convert
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler, default_convert
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from charlm.corpora import Corpus, TextFiles
@@ -29,6 +30,10 @@ class CharDataModule(pl.LightningDataModule):
     in `encoding`). `stride` defaults to `seq_len` (non-overlapping chunks); 1 gives every window.
     `stateful=True` lays every split out as `batch_size` parallel streams read in order instead
     (see `StreamBatches`), for a model that carries its hidden state across batches.
+
+    Under DDP each rank reads its own share: of the shuffled training windows, of the validation
+    and test windows (once each, so the scores reduced over the ranks are the single-process ones),
+    or, stateful, `batch_size` streams of its own (N ranks read as one process with N x batch_size).
 
     The loaders are torchdata's StatefulDataLoader: Lightning saves their position in checkpoints,
     so a run resumed mid-epoch sees exactly the batches it had not seen yet.
@@ -70,7 +75,8 @@ class CharDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.stateful = stateful
         self.vocab: Vocabulary | None = None
-        self.datasets: dict[str, Dataset] = {}
+        self.ids: dict[str, torch.Tensor] = {}  # of each split
+        self.datasets: dict[str, Dataset] = {}  # of each split, as one process reads it
 
     def prepare_data(self) -> None:
         self.corpus.fetch(self.data_dir)
@@ -84,7 +90,8 @@ class CharDataModule(pl.LightningDataModule):
         self.vocab = Vocabulary.from_text(text)
         ids = self.vocab.encode(text)
         for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.splits), strict=True):
-            self.datasets[name] = self._dataset(name, ids[start:end])
+            self.ids[name] = ids[start:end]
+            self.datasets[name] = self._dataset(name)
         log.info(
             "corpus %s: %s characters, vocabulary %d, %s %s",
             self.corpus.name,
@@ -94,14 +101,16 @@ class CharDataModule(pl.LightningDataModule):
             " / ".join(f"{name} {len(ds):,}" for name, ds in self.datasets.items()),
         )
 
-    def _dataset(self, name: str, ids: torch.Tensor) -> Dataset:
+    def _dataset(self, name: str, rank: int = 0, world_size: int = 1) -> Dataset:
+        ids = self.ids[name]
         if self.stateful:
-            if len(ids) < 2 * self.batch_size:
+            streams = self.batch_size * world_size
+            if len(ids) < 2 * streams:
                 raise CharLMError(
-                    f"the {name} split has {len(ids):,} characters, too few for {self.batch_size} "
+                    f"the {name} split has {len(ids):,} characters, too few for {streams} "
                     f"streams of at least 2 (data.stateful=true): lower data.batch_size or change data.splits"
                 )
-            return StreamBatches(ids, self.batch_size, self.seq_len)
+            return StreamBatches(ids, self.batch_size, self.seq_len, rank, world_size)
         if len(ids) < self.seq_len + 1:
             raise CharLMError(
                 f"the {name} split has {len(ids):,} characters, fewer than one window "
@@ -109,30 +118,38 @@ class CharDataModule(pl.LightningDataModule):
             )
         return WindowDataset(ids, self.seq_len, self.stride)
 
-    def _shuffled(self, dataset: Dataset) -> DistributedSampler:
-        """A shuffle that is a function of (seed, epoch), so a run resumed mid-epoch replays the order
-        of an unbroken one; one share per DDP rank. Lightning sets the epoch at each epoch start,
-        but only after a resumed loader has skipped what it had seen: so it is set here too."""
+    def _sampler(self, stage: str, dataset: Dataset) -> Sampler | None:
+        """Training: a shuffle that is a function of (seed, epoch), so a run resumed mid-epoch replays
+        the order of an unbroken one, one share per rank (Lightning sets the epoch at each epoch
+        start, but only after a resumed loader has skipped what it had seen: so it is set here too).
+        Evaluation under DDP: each window once, on one rank (Lightning's default sampler would pad
+        the ranks' shares to one length with repeated windows, and count those twice)."""
         trainer = self.trainer
-        sampler = DistributedSampler(
-            dataset,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-            shuffle=True,
-            seed=torch.initial_seed(),
-        )
-        sampler.set_epoch(trainer.current_epoch if trainer else 0)
-        return sampler
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        if stage == "train":
+            sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=torch.initial_seed())
+            sampler.set_epoch(trainer.current_epoch if trainer else 0)
+            return sampler
+        if world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)
 
     def _loader(self, stage: str) -> StatefulDataLoader:
-        dataset = self.datasets[stage]
-        if self.stateful and self.trainer and self.trainer.world_size > 1:
-            # Lightning would deal each rank every world_size-th batch: rows that do not follow on
-            raise CharLMError("data.stateful=true runs on one device for now: drop trainer=ddp or it")
+        trainer = self.trainer
+        if self.stateful and trainer and trainer.world_size > 1:
+            # this rank's streams, in order; a sampler of the DistributedSampler kind, or Lightning
+            # would deal every rank each world_size-th batch, whose rows would not follow on
+            dataset = self._dataset(stage, trainer.global_rank, trainer.world_size)
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False)
+        elif self.stateful:
+            dataset, sampler = self.datasets[stage], None
+        else:
+            dataset = self.datasets[stage]
+            sampler = self._sampler(stage, dataset)
         return StatefulDataLoader(
             dataset,
-            batch_size=None if self.stateful else self.batch_size,  # stream batches come whole
-            sampler=self._shuffled(dataset) if stage == "train" and not self.stateful else None,
+            batch_size=None if self.stateful else self.batch_size,  # stream batches come whole, in order
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=default_convert,  # __getitems__ already returns the stacked batch

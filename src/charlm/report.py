@@ -165,7 +165,8 @@ def read_run(path: Path, name: str | None = None) -> RunSummary:
         return accumulator.Scalars(tag) if tag in tags else []
 
     run = RunSummary(name=name or path.name, path=path, status=_status(accumulator))
-    parameters = _hparams(accumulator).get("model/parameters")
+    hparams = _hparams(accumulator)
+    parameters = hparams.get("model/parameters")
     run.parameters = None if parameters is None else int(parameters)
     best_ppl = [e.value for e in scalars("hp_metric")]
     if best_ppl and 0 < best_ppl[-1] < math.inf:
@@ -177,7 +178,8 @@ def read_run(path: Path, name: str | None = None) -> RunSummary:
         run.test_ppl = test[-1].value
     chars, seconds = scalars("train/lengths"), scalars("train/time")
     if chars and seconds and seconds[-1].value > 0:
-        run.chars_per_sec = chars[-1].value / seconds[-1].value
+        # under DDP the counts are rank 0's, and every rank reads as many characters
+        run.chars_per_sec = chars[-1].value / seconds[-1].value * hparams.get("trainer/world_size", 1)
     if times := [e.wall_time for tag in tags for e in accumulator.Scalars(tag)]:
         run.wall_time = max(times) - min([accumulator.FirstEventTimestamp(), *times])
     # Lightning logs the epoch with every write, and at the test once more (by then one past the last)

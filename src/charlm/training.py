@@ -15,6 +15,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
+from pytorch_lightning.utilities import rank_zero_only
 
 from charlm.callbacks import (
     LogHyperparameters,
@@ -25,6 +26,7 @@ from charlm.callbacks import (
 )
 from charlm.checkpoints import AtomicCheckpointIO, check_resumable, find_checkpoint, read_checkpoint
 from charlm.datamodule import CharDataModule
+from charlm.ddp import ranks_of_one_job, start_ranks_as_this_job
 from charlm.errors import CharLMError
 from charlm.model import CharLM
 from charlm.report import ERROR_FILE, RunSummary, job_name, read_run
@@ -40,6 +42,10 @@ warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is depr
 warnings.filterwarnings("ignore", "'set_vital' is deprecated")
 # ThroughputMonitor asking for FLOPs: characters per second is the figure here
 warnings.filterwarnings("ignore", ".*`flops_per_batch` attribute.*")
+# DDP: charlm's scores are torchmetrics, already reduced over the ranks when they are logged
+warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+# Lightning's own all_gather call
+warnings.filterwarnings("ignore", ".*torch.distributed.nn.functional.all_gather is deprecated.*")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
@@ -86,10 +92,11 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: CharDataModule = instantiate(cfg.data, _convert_="all")  # plain lists in checkpoints
-    datamodule.prepare_data()
+    datamodule.prepare_data()  # DDP's other ranks start later, from trainer.fit: the download is done
     datamodule.setup()
-    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-    datamodule.vocab.save(Path(cfg.paths.output_dir) / "vocab.json")
+    if rank_zero_only.rank == 0:  # DDP: the other ranks write nothing
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        datamodule.vocab.save(Path(cfg.paths.output_dir) / "vocab.json")
 
     model: CharLM = instantiate(
         cfg.model,
@@ -116,6 +123,8 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         SaveOnInterrupt(),
         RandomState(),
     ]
+    if HydraConfig.initialized():
+        start_ranks_as_this_job()
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
@@ -126,7 +135,8 @@ def train_job(cfg: DictConfig) -> float | None:
     """`train`, except that in a multirun a failing job is logged (one line, and `error.txt` in its
     directory for the sweep report) and the sweep goes on with the next job."""
     try:
-        return train(cfg)
+        with ranks_of_one_job():
+            return train(cfg)
     except Exception as err:  # one job's failure must not cost the sweep its other jobs
         if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
             raise

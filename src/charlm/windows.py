@@ -54,13 +54,18 @@ class StreamBatches(Dataset):
     word_language_model) and each batch is the next `seq_len` characters of every stream; the last
     batch may be shorter. A model that carries its hidden state from one batch to the next thus
     reads each stream from start to end: truncated backpropagation through time.
+
+    Under DDP the text is cut into `batch_size * world_size` streams and rank r reads the r-th
+    `batch_size` of them: N ranks together read what one process would with N x batch_size.
     """
 
-    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int):
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1):
         if seq_len < 1 or batch_size < 1:
             raise CharLMError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1")
-        stream_len = len(ids) // batch_size
-        self.streams = ids[: stream_len * batch_size].view(batch_size, stream_len)
+        streams = batch_size * world_size
+        stream_len = len(ids) // streams
+        everyone = ids[: stream_len * streams].view(streams, stream_len)
+        self.streams = everyone[rank * batch_size : (rank + 1) * batch_size]
         self.seq_len = seq_len
 
     def __len__(self) -> int:

@@ -1,0 +1,83 @@
+"""DDP for real: `trainer=ddp_sim` runs two CPU processes (gloo), the code path of `trainer=ddp` on GPUs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_train
+
+from charlm.report import read_run
+
+# Dropout would draw different masks per rank; without it, two ranks of 4 windows each take the
+# very gradient steps of one process with 8 (DistributedSampler deals one shuffled order out).
+DDP_TINY = [*TINY, "hidden=16", "model.dropout=0.0", "++trainer.enable_progress_bar=false"]
+
+
+def _only_run(cwd: Path) -> Path:
+    runs = sorted((cwd / "logs" / "runs").iterdir())
+    assert len(runs) == 1, f"one run directory, not {[r.name for r in runs]}"
+    return runs[0]
+
+
+@pytest.mark.parametrize("layout", ["windows", "stateful"])
+def test_two_ranks_train_and_score_as_one_process_with_twice_the_batch(
+    tmp_path: Path, text_file: Path, layout: str
+) -> None:
+    """The same weights and the same val/test scores, and one run directory written by rank 0 alone."""
+    common = [*DDP_TINY, "data=textfile", f"data.path={text_file}", f"data.stateful={layout == 'stateful'}"]
+    scores = {}
+    for name, args in {
+        "one": ["trainer=cpu", "data.batch_size=8"],
+        "two": ["trainer=ddp_sim", "data.batch_size=4"],
+    }.items():
+        cwd = tmp_path / name
+        cwd.mkdir()
+        result = run_train([*common, *args], cwd)
+        assert result.returncode == 0, result.stderr[-3000:]
+        run = _only_run(cwd)
+        scores[name] = read_run(run)
+        assert scores[name].status == "finished"
+        if name == "two":
+            assert "Traceback" not in result.stderr
+            assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+            # rank 0's output only: one config, one log, one samples file, nothing per rank
+            assert sorted(p.name for p in run.glob("*.log")) == ["train.log"]
+            assert sorted(p.name for p in run.glob("**/config.yaml")) == ["config.yaml"]
+            assert (run / "samples.txt").read_text().count("=== tested:") == 1
+            assert len(list((run / "checkpoints").glob("*.ckpt"))) == 2  # best and last
+    one, two = scores["one"], scores["two"]
+    assert two.val_loss == pytest.approx(one.val_loss, rel=1e-5)
+    assert two.test_ppl == pytest.approx(one.test_ppl, rel=1e-5)
+    assert math.isfinite(two.chars_per_sec) and two.chars_per_sec > 0
+
+
+def test_a_ddp_sweep_runs_each_job_once_in_its_own_directory(tmp_path: Path, text_file: Path) -> None:
+    """Lightning alone would start every rank on `-m hidden=8,12`: a whole sweep per rank."""
+    args = [*DDP_TINY, "data=textfile", f"data.path={text_file}", "trainer=ddp_sim", "-m", "hidden=8,12"]
+    result = run_train(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "logs" / "runs").exists()
+    (sweep,) = (tmp_path / "logs" / "multiruns").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_hidden=8", "1_hidden=12"]
+    for job in jobs:
+        assert read_run(sweep / job).status == "finished"
+        assert sorted(p.name for p in (sweep / job).glob("*.log")) == ["train.log"]
+    report = (sweep / "report.md").read_text()
+    assert "| hidden=8 |" in report and "| ★ **hidden=12** |" in report
+
+
+def test_a_stateful_ddp_checkpoint_resumes_on_as_many_devices_only(tmp_path: Path, text_file: Path) -> None:
+    """Its carried state is one per rank's streams: another rank count would read other streams."""
+    common = [*DDP_TINY, "data=textfile", f"data.path={text_file}", "data.stateful=true", "data.batch_size=4"]
+    result = run_train([*common, "trainer=ddp_sim"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = _only_run(tmp_path)
+    resumed = run_train([*common, "trainer=cpu", f"ckpt_path={run}", "++trainer.max_steps=20"], tmp_path)
+    assert resumed.returncode == 1
+    assert "carries the streams of 2 DDP ranks: resume it on 2 devices (trainer.devices=2), not 1" in (
+        resumed.stderr
+    )
+    assert "Traceback" not in resumed.stderr
