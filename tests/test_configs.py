@@ -29,7 +29,7 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_are_the_documented_ones() -> None:
-    expected = {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks"}
+    expected = {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "hparams_search"}
     assert expected | {"paths", "hydra"} == set(GROUPS)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for group in expected:

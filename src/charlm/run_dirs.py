@@ -3,7 +3,7 @@
 - `${charlm.claim_dir:PARENT}` creates PARENT/<date>_<time> and returns it; a second run started
   in the same second gets <date>_<time>_2 (mkdir is atomic, so two runs never share one).
 - `${charlm.sweep_job_name:}` is `hidden=256` for the job of `-m hidden=32,256`: only the
-  overrides that the sweep varies, read from the multirun.yaml that Hydra writes first.
+  overrides that the sweep varies (numbers drawn by a search to 4 digits).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from itertools import count
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 # longer job names (in UTF-8 bytes) are cut, with a hash of the whole name so that they stay apart
@@ -34,20 +35,31 @@ def claim_dir(parent: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _swept_keys(sweep_dir: Path) -> set[str] | None:
+def _swept_keys(root: DictConfig) -> set[str] | None:
+    """The keys a sweep varies: its `-m` overrides (from the multirun.yaml that Hydra's basic sweeper
+    writes first) and the keys of `hydra.sweeper.params` (Optuna's search space, say)."""
+    keys = set(OmegaConf.select(root, "hydra.sweeper.params", default=None) or {})
     try:
-        master = OmegaConf.load(sweep_dir / "multirun.yaml")
-    except FileNotFoundError:  # a sweeper that does not write it: name jobs by all overrides
-        return None
+        master = OmegaConf.load(Path(root.hydra.sweep.dir) / "multirun.yaml")
+    except FileNotFoundError:  # a sweeper that does not write it
+        return keys or None  # none known: name jobs by all their overrides
     overrides = OverridesParser.create().parse_overrides(list(master.hydra.overrides.task))
-    return {o.key_or_group for o in overrides if o.is_sweep_override()}
+    return keys | {o.key_or_group for o in overrides if o.is_sweep_override()}
+
+
+def _short(override: Override) -> str:
+    """`optimizer.lr=0.0047` for the 0.004711152355759387 that a search drew."""
+    value = override.value()
+    if isinstance(value, float):
+        return f"{override.get_key_element()}={value:.4g}"
+    return override.input_line
 
 
 def sweep_job_name(*, _root_: DictConfig) -> str:
     job_overrides = OverridesParser.create().parse_overrides(list(_root_.hydra.overrides.task))
-    swept = _swept_keys(Path(_root_.hydra.sweep.dir))
+    swept = _swept_keys(_root_)
     chosen = [o for o in job_overrides if swept is None or o.key_or_group in swept] or job_overrides
-    name = ",".join(sorted(o.input_line for o in chosen)).replace(os.sep, "_") or "defaults"
+    name = ",".join(sorted(_short(o) for o in chosen)).replace(os.sep, "_") or "defaults"
     if len(name.encode()) > _LONGEST_NAME:  # file systems allow 255 bytes; TensorBoard's run list less
         head = name.encode()[: _LONGEST_NAME - 9].decode(errors="ignore")  # whole characters only
         name = f"{head}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
