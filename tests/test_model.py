@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import TINY, compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from charlm.checkpoints import load_model
 from charlm.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.metrics import CharScores
@@ -266,3 +267,28 @@ def test_train_loss_points_are_means_and_the_last_steps_are_written(tmp_path: Pa
     bounds = [-1, *steps]
     for start, (end, value) in zip(bounds, written, strict=False):
         assert value == pytest.approx(sum(recorder.losses[start + 1 : end + 1]) / (end - start), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, rel",
+    [
+        # Dynamo compiles around torch.nn's LSTM, which it does not trace: the same arithmetic
+        (["model.compile=true"], 1e-5),
+        # CPU autocast: the head's matmuls in bfloat16, so close, not equal
+        (["trainer.precision=bf16-mixed"], 1e-2),
+    ],
+)
+def test_compiled_and_mixed_precision_runs_train_as_the_plain_one(
+    tmp_path: Path, text_file: Path, overrides: list[str], rel: float
+) -> None:
+    plain = train_tiny(tmp_path / "plain", text_file)
+    other = train_tiny(tmp_path / "other", text_file, *overrides)
+    assert other == pytest.approx(plain, rel=rel)
+    if "bf16" in overrides[0]:
+        assert other != plain  # autocast did run
+    # weights under their plain names and in float32: the checkpoint loads like any other
+    checkpoint = torch.load(tmp_path / "other" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    weights = checkpoint["state_dict"]
+    assert "net.rnn.weight_hh_l0" in weights and not any("_orig_mod" in name for name in weights)
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    assert not load_model(tmp_path / "other" / "run").hparams.compile  # generation does not compile

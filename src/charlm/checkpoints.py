@@ -146,5 +146,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CharLM:
     """
     file = find_checkpoint(path)
     read_checkpoint(file)  # a damaged file gets one clear line rather than a deep traceback
-    model = CharLM.load_from_checkpoint(file, map_location=torch.device(device), weights_only=True)
+    # compile=False: generating is a few hundred short steps, not worth a compilation
+    model = CharLM.load_from_checkpoint(
+        file, map_location=torch.device(device), weights_only=True, compile=False
+    )
     return model.eval()

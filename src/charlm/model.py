@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torchmetrics import MinMetric
 
+from charlm.ddp import every_rank
 from charlm.errors import CharLMError
 from charlm.metrics import CharScores
 from charlm.network import CharRNN, State
@@ -32,6 +33,8 @@ class CharLM(pl.LightningModule):
     `conf/optimizer`, `conf/scheduler`), kept as plain data so checkpoints load with
     `torch.load(weights_only=True)` and without the training config.
 
+    `compile=True` runs the network through torch.compile (see `__init__` for what that covers).
+
     `stateful=True` (set with `data.stateful=true`, whose batches continue one another row by row)
     carries the hidden state from each batch into the next, detached so that gradients stop at the
     batch boundary (truncated BPTT); each stage starts its epoch from a zero state.
@@ -48,11 +51,17 @@ class CharLM(pl.LightningModule):
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         stateful: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the run logs its whole config instead
         self.vocab = Vocabulary(tuple(vocab))
         self.net = CharRNN(len(self.vocab), cell, hidden, num_layers, dropout, embedding_dim)
+        if compile:
+            # In place, so the weights keep their names and checkpoints load without it. Dynamo does
+            # not trace torch.nn's RNN/LSTM/GRU: it compiles the embedding, dropout and head around
+            # the recurrence, which stays the fused kernel (cuDNN on GPU).
+            self.net.compile()
         self.train_scores, self.val_scores, self.test_scores = CharScores(), CharScores(), CharScores()
         self.best_val_loss = MinMetric()
         self.best_val_loss.persistent(True)  # kept in checkpoints, so a resumed run remembers it
@@ -121,11 +130,18 @@ class CharLM(pl.LightningModule):
                 "(training diverged); the last good checkpoint stays. Lower optimizer.lr"
             )
         if "train" in self._carried:  # stateful, mid-epoch: the streams' state, for an exact resume
-            checkpoint["carried_state"] = self._carried["train"]
+            checkpoint["carried_state"] = every_rank(self, self._carried["train"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "carried_state" in checkpoint:
-            self._carried["train"] = checkpoint["carried_state"]
+        if "carried_state" not in checkpoint:
+            return
+        states, world_size = checkpoint["carried_state"], self.trainer.world_size
+        if len(states) != world_size:
+            raise CharLMError(
+                f"this stateful checkpoint carries the streams of {len(states)} DDP ranks: resume it on "
+                f"{len(states)} devices (trainer.devices={len(states)}), not {world_size}"
+            )
+        self._carried["train"] = states[self.trainer.global_rank]
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())

@@ -32,6 +32,7 @@ class Model:
     dropout: float
     embedding_dim: int | None
     stateful: bool
+    compile: bool
 
 
 @dataclass
