@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_train
+import torch
+from conftest import ROOT, SUBPROCESS_ENV, TINY, run_train
+from test_resume import saved_step
 
 from charlm.report import read_run
 
@@ -81,3 +88,63 @@ def test_a_stateful_ddp_checkpoint_resumes_on_as_many_devices_only(tmp_path: Pat
         resumed.stderr
     )
     assert "Traceback" not in resumed.stderr
+
+
+@pytest.mark.parametrize("layout", ["windows", "stateful"])
+def test_ctrl_c_under_ddp_saves_and_resumes_to_the_unbroken_runs_weights(tmp_path: Path, layout: str) -> None:
+    """Ctrl+C reaches every rank (the terminal signals the process group): all stop at one step,
+    rank 0 saves, and a resume on two ranks ends as the unbroken run did: same windows, same dropout
+    masks (the ranks are seeded alike) and, stateful, each rank's own carried state."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(("En un lugar de la Mancha, de cuyo nombre no quiero acordarme. " * 1000)[:60_000])
+    run = [
+        "data=textfile",
+        f"data.path={corpus}",
+        f"data.stateful={layout == 'stateful'}",
+        "trainer=ddp_sim",
+        "hidden=32",
+        "model.embedding_dim=8",
+        "model.dropout=0.2",
+        "data.seq_len=32",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
+        "++trainer.limit_val_batches=5",
+        "++trainer.enable_progress_bar=false",
+        "callbacks.step_checkpoint.every_n_train_steps=5",
+    ]
+
+    def start(*args: str) -> subprocess.Popen:
+        command = [sys.executable, str(ROOT / "train.py"), *run, *args]
+        return subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=SUBPROCESS_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # a process group of its own, as a terminal's job
+        )
+
+    def finish(process: subprocess.Popen) -> str:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output[-3000:]
+        return output
+
+    finish(start("hydra.run.dir=unbroken"))
+    unbroken = torch.load(tmp_path / "unbroken" / "checkpoints" / "last.ckpt", weights_only=True)
+
+    interrupted = start("hydra.run.dir=interrupted")
+    last = tmp_path / "interrupted" / "checkpoints" / "last.ckpt"
+    while saved_step(last) < unbroken["global_step"] // 2 + 5 and interrupted.poll() is None:
+        time.sleep(0.05)
+    os.killpg(interrupted.pid, signal.SIGINT)
+    output, _ = interrupted.communicate(timeout=120)
+    step = saved_step(last)
+    assert interrupted.returncode == 1 and 0 < step < unbroken["global_step"], output[-3000:]
+    assert f"interrupted at step {step}: saved {last}" in output
+
+    finish(start("hydra.run.dir=resumed", f"ckpt_path={tmp_path / 'interrupted'}"))
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == unbroken["global_step"]
+    weights = resumed["state_dict"], unbroken["state_dict"]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])

@@ -18,7 +18,6 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams
 
-from charlm.ddp import every_rank
 from charlm.errors import CharLMError
 from charlm.generation import generate
 
@@ -209,25 +208,19 @@ class ModelCheckpoint(callbacks.ModelCheckpoint):
 class RandomState(pl.Callback):
     """Keep torch's random state in checkpoints, so a resumed run draws the same dropout masks as
     one that never stopped (Lightning keeps the data order, through StatefulDataLoader, but not
-    this): every DDP rank's, as each draws its own. A callback, not a module hook: loading a model
-    to use it must not reset anyone's RNG."""
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._module = pl_module  # to gather the ranks' states at save time
+    this). Under DDP every rank is seeded alike and draws alike, so rank 0's state is every rank's.
+    A callback, not a module hook: loading a model to use it must not reset anyone's RNG."""
 
     def state_dict(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state()  # the current device: this rank's
-        ranks = every_rank(self._module, tuple(state.values()))
-        return {"ranks": [{k: v.cpu() for k, v in zip(state, rank, strict=True)} for rank in ranks]}
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        ranks = state_dict.get("ranks", [state_dict])  # one process's, as saved before DDP was
-        state = ranks[self._module.global_rank % len(ranks)]
-        torch.set_rng_state(state["torch"].cpu())
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda"].cpu())
+        torch.set_rng_state(state_dict["torch"].cpu())
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state_dict["cuda"].cpu())
 
 
 class TrainingThroughput(callbacks.ThroughputMonitor):

@@ -85,7 +85,7 @@ def every_rank(module: pl.LightningModule, state: Any) -> list[Any]:
     if world_size == 1:
         return [state]
     gathered = module.all_gather(state)  # [world_size, ...] per tensor
-    # clones: a view would be saved with its whole storage, and torch.set_rng_state crashes on one
+    # clones: a view would be saved with the whole gathered storage
     if isinstance(state, tuple):
         return [tuple(g[rank].clone() for g in gathered) for rank in range(world_size)]
     return [gathered[rank].clone() for rank in range(world_size)]
