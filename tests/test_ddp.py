@@ -15,11 +15,22 @@ import torch
 from conftest import ROOT, SUBPROCESS_ENV, TINY, run_train
 from test_resume import saved_step
 
+from charlm.checkpoints import load_model
 from charlm.report import read_run
 
-# Dropout would draw different masks per rank; without it, two ranks of 4 windows each take the
-# very gradient steps of one process with 8 (DistributedSampler deals one shuffled order out).
-DDP_TINY = [*TINY, "hidden=16", "model.dropout=0.0", "++trainer.enable_progress_bar=false"]
+# Two ranks of 4 windows each take the very gradient steps of one process with 8 (DistributedSampler
+# deals one shuffled order out; no dropout). The whole val and test splits (51 windows each, an odd
+# number) are scored: a sampler that padded the ranks' shares would count one window twice.
+DDP_TINY = [
+    *(
+        arg
+        for arg in TINY
+        if not arg.startswith(("++trainer.limit_val_batches", "++trainer.limit_test_batches"))
+    ),
+    "hidden=16",
+    "model.dropout=0.0",
+    "++trainer.enable_progress_bar=false",
+]
 
 
 def _only_run(cwd: Path) -> Path:
@@ -61,19 +72,29 @@ def test_two_ranks_train_and_score_as_one_process_with_twice_the_batch(
 
 
 def test_a_ddp_sweep_runs_each_job_once_in_its_own_directory(tmp_path: Path, text_file: Path) -> None:
-    """Lightning alone would start every rank on `-m hidden=8,12`: a whole sweep per rank."""
-    args = [*DDP_TINY, "data=textfile", f"data.path={text_file}", "trainer=ddp_sim", "-m", "hidden=8,12"]
+    """Lightning alone would start every rank on `-m ...`: a whole sweep per rank. A job that fails on
+    every rank (divergence) is reported by rank 0, and the sweep goes on with the next jobs (which
+    outlast the 5 s in which Lightning's process watcher would see a rank's error and kill rank 0)."""
+    args = [
+        *DDP_TINY,
+        "data=textfile",
+        f"data.path={text_file}",
+        "trainer=ddp_sim",
+        "-m",
+        "optimizer.lr=1e37,2e-3,3e-3",
+    ]
     result = run_train(args, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # a job failed
     assert not (tmp_path / "logs" / "runs").exists()
     (sweep,) = (tmp_path / "logs" / "multiruns").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_hidden=8", "1_hidden=12"]
+    assert jobs == ["0_optimizer.lr=1e+37", "1_optimizer.lr=0.002", "2_optimizer.lr=0.003"]
+    assert "training diverged at step" in (sweep / jobs[0] / "error.txt").read_text()
+    assert all(read_run(sweep / job).status == "finished" for job in jobs[1:])
     for job in jobs:
-        assert read_run(sweep / job).status == "finished"
         assert sorted(p.name for p in (sweep / job).glob("*.log")) == ["train.log"]
     report = (sweep / "report.md").read_text()
-    assert "| hidden=8 |" in report and "| ★ **hidden=12** |" in report
+    assert "| optimizer.lr=0.002 |" in report and "## Failed jobs" in report
 
 
 def test_a_stateful_ddp_checkpoint_resumes_on_as_many_devices_only(tmp_path: Path, text_file: Path) -> None:
@@ -82,9 +103,10 @@ def test_a_stateful_ddp_checkpoint_resumes_on_as_many_devices_only(tmp_path: Pat
     result = run_train([*common, "trainer=ddp_sim"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = _only_run(tmp_path)
+    assert load_model(run).hparams.stateful  # its checkpoints load to write text, on any device count
     resumed = run_train([*common, "trainer=cpu", f"ckpt_path={run}", "++trainer.max_steps=20"], tmp_path)
     assert resumed.returncode == 1
-    assert "carries the streams of 2 DDP ranks: resume it on 2 devices (trainer.devices=2), not 1" in (
+    assert "carries the stream states of 2 DDP ranks; resume it on 2 devices (trainer.devices=2), not 1" in (
         resumed.stderr
     )
     assert "Traceback" not in resumed.stderr
@@ -148,3 +170,25 @@ def test_ctrl_c_under_ddp_saves_and_resumes_to_the_unbroken_runs_weights(tmp_pat
     assert resumed["global_step"] == unbroken["global_step"]
     weights = resumed["state_dict"], unbroken["state_dict"]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        # val and test: 26 characters, one window of 16 + 1: a rank with nothing to score would
+        # leave the other waiting for it forever
+        ("data.splits=[0.9968,0.0016,0.0016]", "the val split has 1 windows, fewer than the 2 DDP ranks"),
+        (
+            "hydra.output_subdir=null",
+            "DDP starts its ranks from this job's saved config: drop hydra.output_subdir=null",
+        ),
+    ],
+)
+def test_ddp_settings_that_cannot_work_are_one_line(
+    tmp_path: Path, text_file: Path, setting: str, message: str
+) -> None:
+    args = [*DDP_TINY, "data=textfile", f"data.path={text_file}", "trainer=ddp_sim", setting]
+    result = run_train([arg for arg in args if "val_check_interval" not in arg], tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

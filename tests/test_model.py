@@ -282,7 +282,10 @@ def test_compiled_and_mixed_precision_runs_train_as_the_plain_one(
     tmp_path: Path, text_file: Path, overrides: list[str], rel: float
 ) -> None:
     plain = train_tiny(tmp_path / "plain", text_file)
+    torch._dynamo.utils.counters.clear()
     other = train_tiny(tmp_path / "other", text_file, *overrides)
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert compiled if "model.compile=true" in overrides else not compiled
     assert other == pytest.approx(plain, rel=rel)
     if "bf16" in overrides[0]:
         assert other != plain  # autocast did run

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
-from conftest import TINY, compose_train, run_train
+from conftest import TINY, run_train
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -29,6 +30,7 @@ def test_optuna_search_minimises_the_val_loss_and_writes_its_result(tmp_path: Pa
         "hparams_search=optuna",  # a multirun without -m
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.params.hidden='choice(8,16)'",  # the shipped space otherwise: small is quick
+        f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
     ]
     result = run_train(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -43,6 +45,9 @@ def test_optuna_search_minimises_the_val_loss_and_writes_its_result(tmp_path: Pa
     assert f"hidden={found.best_params.hidden}" in best.name
     assert f"optimizer.lr={found.best_params['optimizer.lr']:.4g}" in best.name
     assert "★" in (sweep / "report.md").read_text()
+    # the study is kept, to resume or inspect with Optuna
+    study = optuna.load_study(study_name="charlm", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 2 and study.best_value == pytest.approx(found.best_value)
 
 
 def test_parallel_and_submitit_launchers_give_the_basic_launchers_results(
@@ -74,4 +79,3 @@ def test_the_slurm_launcher_asks_for_a_task_and_a_gpu_per_ddp_rank() -> None:
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
-    assert compose_train(["hydra/launcher=slurm"]).trainer.devices == 1

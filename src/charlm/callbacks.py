@@ -287,8 +287,8 @@ class SampleText(pl.Callback):
     @staticmethod
     def _append(trainer: pl.Trainer, heading: str, text: str) -> None:
         """samples.txt in the run directory, beside the metrics: every sample, headed. (The
-        directory is the first logger's: `trainer.log_dir` asks every DDP rank, and only rank 0 is here.)"""
-        with open(Path(trainer.loggers[0].log_dir) / "samples.txt", "a", encoding="utf-8") as file:
+        directory is TensorBoard's: `trainer.log_dir` asks every DDP rank, and only rank 0 is here.)"""
+        with open(Path(tensorboards(trainer)[0].get_logdir()) / "samples.txt", "a", encoding="utf-8") as file:
             file.write(f"=== {heading} ===\n{text}\n\n")
 
     @rank_zero_only

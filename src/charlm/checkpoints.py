@@ -13,7 +13,7 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
 from charlm.errors import CharLMError
-from charlm.model import CharLM
+from charlm.model import CharLM, saved_streams
 
 LAST = "last.ckpt"
 
@@ -105,11 +105,11 @@ _DATA_KEYS = ("seq_len", "stride", "batch_size", "splits", "stateful")
 
 
 def check_resumable(
-    path: Path, checkpoint: dict[str, Any], model: CharLM, datamodule: pl.LightningDataModule
+    path: Path, checkpoint: dict[str, Any], model: CharLM, datamodule: pl.LightningDataModule, world_size: int
 ) -> None:
     """One clear line when `checkpoint` (read from `path`) was trained on another vocabulary, model
-    shape or data layout than this run's, instead of Lightning's page of mismatched weight sizes
-    (or a silent resume on other batches)."""
+    shape or data layout than this run's (`world_size` DDP ranks), instead of Lightning's page of
+    mismatched weight sizes (or a silent resume on other batches)."""
     saved = checkpoint.get("hyper_parameters", {})
     vocab, here = list(saved.get("vocab", [])), list(model.vocab.chars)
     if vocab != here:
@@ -130,6 +130,12 @@ def check_resumable(
         raise CharLMError(
             f"cannot resume from {path}: it was trained with {then}, this run has {now}. "
             "Resume with the settings it was trained with (see its run's .hydra/overrides.yaml)"
+        )
+    streams = saved_streams(checkpoint)
+    if streams is not None and len(streams) != world_size:
+        raise CharLMError(
+            f"cannot resume from {path}: it carries the stream states of {len(streams)} DDP ranks; "
+            f"resume it on {len(streams)} devices (trainer.devices={len(streams)}), not {world_size}"
         )
 
 

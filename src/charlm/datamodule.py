@@ -118,34 +118,39 @@ class CharDataModule(pl.LightningDataModule):
             )
         return WindowDataset(ids, self.seq_len, self.stride)
 
-    def _sampler(self, stage: str, dataset: Dataset) -> Sampler | None:
+    def _sampler(self, stage: str, dataset: Dataset, rank: int, world_size: int) -> Sampler | None:
         """Training: a shuffle that is a function of (seed, epoch), so a run resumed mid-epoch replays
         the order of an unbroken one, one share per rank (Lightning sets the epoch at each epoch
         start, but only after a resumed loader has skipped what it had seen: so it is set here too).
         Evaluation under DDP: each window once, on one rank (Lightning's default sampler would pad
         the ranks' shares to one length with repeated windows, and count those twice)."""
         trainer = self.trainer
-        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         if stage == "train":
-            sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=torch.initial_seed())
+            seed = torch.initial_seed()
+            if trainer:  # rank 0's, so that every rank deals out the same order (seed=null too)
+                seed = trainer.strategy.broadcast(seed)
+            sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
             sampler.set_epoch(trainer.current_epoch if trainer else 0)
             return sampler
         if world_size == 1:
             return None
+        if len(dataset) < world_size:  # a rank with nothing to score would leave the others waiting
+            raise CharLMError(
+                f"the {stage} split has {len(dataset)} windows, fewer than the {world_size} DDP ranks: "
+                "change data.splits or data.seq_len, or use fewer devices"
+            )
         return UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)
 
     def _loader(self, stage: str) -> StatefulDataLoader:
         trainer = self.trainer
-        if self.stateful and trainer and trainer.world_size > 1:
-            # this rank's streams, in order; a sampler of the DistributedSampler kind, or Lightning
-            # would deal every rank each world_size-th batch, whose rows would not follow on
-            dataset = self._dataset(stage, trainer.global_rank, trainer.world_size)
-            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False)
-        elif self.stateful:
-            dataset, sampler = self.datasets[stage], None
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        dataset = self._dataset(stage, rank, world_size) if self.stateful else self.datasets[stage]
+        if self.stateful:
+            # this rank's streams, in order; under DDP a sampler of the DistributedSampler kind, or
+            # Lightning would deal every rank each world_size-th batch, whose rows do not follow on
+            sampler = UnrepeatedDistributedSampler(dataset, 1, 0, shuffle=False) if world_size > 1 else None
         else:
-            dataset = self.datasets[stage]
-            sampler = self._sampler(stage, dataset)
+            sampler = self._sampler(stage, dataset, rank, world_size)
         return StatefulDataLoader(
             dataset,
             batch_size=None if self.stateful else self.batch_size,  # stream batches come whole, in order

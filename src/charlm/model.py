@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning_utilities.core.apply_func import apply_to_collection
 from torchmetrics import MinMetric
 
 from charlm.ddp import every_rank
@@ -19,6 +20,13 @@ from charlm.vocab import Vocabulary
 
 # conf/optimizer/adam.yaml, for use without Hydra (a test keeps the two equal)
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": 2e-3, "weight_decay": 0.0}
+
+
+def saved_streams(checkpoint: dict[str, Any]) -> list[State] | None:
+    """The carried state of each DDP rank's streams in a stateful checkpoint (one process's alone
+    in checkpoints saved before DDP), or None."""
+    states = checkpoint.get("carried_state")
+    return states if states is None or isinstance(states, list) else [states]
 
 
 def detach(state: State) -> State:
@@ -133,15 +141,16 @@ class CharLM(pl.LightningModule):
             checkpoint["carried_state"] = every_rank(self, self._carried["train"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "carried_state" not in checkpoint:
-            return
-        states, world_size = checkpoint["carried_state"], self.trainer.world_size
-        if len(states) != world_size:
-            raise CharLMError(
-                f"this stateful checkpoint carries the streams of {len(states)} DDP ranks: resume it on "
-                f"{len(states)} devices (trainer.devices={len(states)}), not {world_size}"
+        states = saved_streams(checkpoint)
+        if states is not None and self._trainer is not None:  # resuming, not loading to generate
+            self._carried["train"] = states[self.trainer.global_rank]  # check_resumable checked the count
+
+    def on_train_start(self) -> None:
+        # a resumed state was loaded before the model moved to its device
+        if "train" in self._carried:
+            self._carried["train"] = apply_to_collection(
+                self._carried["train"], torch.Tensor, lambda t: t.to(self.device)
             )
-        self._carried["train"] = states[self.trainer.global_rank]
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER, params=self.parameters())

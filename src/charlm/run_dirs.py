@@ -35,31 +35,31 @@ def claim_dir(parent: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _swept_keys(root: DictConfig) -> set[str] | None:
+def _swept_keys(root: DictConfig) -> tuple[set[str], set[str]] | None:
     """The keys a sweep varies: its `-m` overrides (from the multirun.yaml that Hydra's basic sweeper
-    writes first) and the keys of `hydra.sweeper.params` (Optuna's search space, say)."""
-    keys = set(OmegaConf.select(root, "hydra.sweeper.params", default=None) or {})
+    writes first), and those a search draws values for (`hydra.sweeper.params`: Optuna's space)."""
+    searched = set(OmegaConf.select(root, "hydra.sweeper.params", default=None) or {})
     try:
         master = OmegaConf.load(Path(root.hydra.sweep.dir) / "multirun.yaml")
     except FileNotFoundError:  # a sweeper that does not write it
-        return keys or None  # none known: name jobs by all their overrides
+        return (searched, searched) if searched else None  # none known: name jobs by all overrides
     overrides = OverridesParser.create().parse_overrides(list(master.hydra.overrides.task))
-    return keys | {o.key_or_group for o in overrides if o.is_sweep_override()}
+    return searched | {o.key_or_group for o in overrides if o.is_sweep_override()}, searched
 
 
-def _short(override: Override) -> str:
-    """`optimizer.lr=0.0047` for the 0.004711152355759387 that a search drew."""
+def _short(override: Override, searched: set[str]) -> str:
+    """`optimizer.lr=0.004711` for the 0.004711152355759387 that a search drew."""
     value = override.value()
-    if isinstance(value, float):
-        return f"{override.get_key_element()}={value:.4g}"
+    if override.key_or_group in searched and isinstance(value, float):
+        return f"{override.key_or_group}={value:.4g}"
     return override.input_line
 
 
 def sweep_job_name(*, _root_: DictConfig) -> str:
     job_overrides = OverridesParser.create().parse_overrides(list(_root_.hydra.overrides.task))
-    swept = _swept_keys(_root_)
+    swept, searched = _swept_keys(_root_) or (None, set())
     chosen = [o for o in job_overrides if swept is None or o.key_or_group in swept] or job_overrides
-    name = ",".join(sorted(_short(o) for o in chosen)).replace(os.sep, "_") or "defaults"
+    name = ",".join(sorted(_short(o, searched) for o in chosen)).replace(os.sep, "_") or "defaults"
     if len(name.encode()) > _LONGEST_NAME:  # file systems allow 255 bytes; TensorBoard's run list less
         head = name.encode()[: _LONGEST_NAME - 9].decode(errors="ignore")  # whole characters only
         name = f"{head}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"

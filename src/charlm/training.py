@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from charlm.callbacks import (
 )
 from charlm.checkpoints import AtomicCheckpointIO, check_resumable, find_checkpoint, read_checkpoint
 from charlm.datamodule import CharDataModule
-from charlm.ddp import ranks_of_one_job, start_ranks_as_this_job
+from charlm.ddp import RANK_OF_SWEEP_JOB, ranks_of_one_job
 from charlm.errors import CharLMError
 from charlm.model import CharLM
 from charlm.report import ERROR_FILE, RunSummary, job_name, read_run
@@ -123,8 +124,6 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
         SaveOnInterrupt(),
         RandomState(),
     ]
-    if HydraConfig.initialized():
-        start_ranks_as_this_job()
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
@@ -138,6 +137,11 @@ def train_job(cfg: DictConfig) -> float | None:
         with ranks_of_one_job():
             return train(cfg)
     except Exception as err:  # one job's failure must not cost the sweep its other jobs
+        if os.environ.get(RANK_OF_SWEEP_JOB) and rank_zero_only.rank != 0:
+            # DDP rank 1.. of a sweep's job: rank 0 reports the failure. Exiting with an error would
+            # make Lightning's process watcher on rank 0 kill it, and with it the sweep.
+            log.error("rank %d: job failed: %s: %s", rank_zero_only.rank, type(err).__name__, err)
+            return None
         if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
         if isinstance(err, CharLMError):
@@ -157,7 +161,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule, model, trainer = build(cfg)
     if resume:
         saved = read_checkpoint(resume)  # once: it checks every byte of the file
-        check_resumable(resume, saved, model, datamodule)
+        check_resumable(resume, saved, model, datamodule, trainer.world_size)
         step = saved["global_step"]
         del saved  # memory-mapped: not held open through training
         log.info("resuming from %s", resume)
