@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning_utilities.core.apply_func import apply_to_collection
+from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MinMetric
 
 from charlm.ddp import every_rank
@@ -66,10 +67,12 @@ class CharLM(pl.LightningModule):
         self.vocab = Vocabulary(tuple(vocab))
         self.net = CharRNN(len(self.vocab), cell, hidden, num_layers, dropout, embedding_dim)
         if compile:
-            # In place, so the weights keep their names and checkpoints load without it. Dynamo does
-            # not trace torch.nn's RNN/LSTM/GRU: it compiles the embedding, dropout and head around
-            # the recurrence, which stays the fused kernel (cuDNN on GPU).
+            # In place, so the weights keep their names and checkpoints load without it.
             self.net.compile()
+            rank_zero_info(
+                f"model.compile: torch.compile covers the embedding, dropout and head; Dynamo does not "
+                f"trace torch.nn's {cell.upper()}, which stays the fused kernel (cuDNN on GPU)"
+            )
         self.train_scores, self.val_scores, self.test_scores = CharScores(), CharScores(), CharScores()
         self.best_val_loss = MinMetric()
         self.best_val_loss.persistent(True)  # kept in checkpoints, so a resumed run remembers it
