@@ -177,7 +177,7 @@ def test_ctrl_c_under_ddp_saves_and_resumes_to_the_unbroken_runs_weights(tmp_pat
     [
         # val and test: 26 characters, one window of 16 + 1: a rank with nothing to score would
         # leave the other waiting for it forever
-        ("data.splits=[0.9968,0.0016,0.0016]", "the val split has 1 windows, fewer than the 2 DDP ranks"),
+        ("data.splits=[0.9968,0.0016,0.0016]", "the val split has 1 window, fewer than the 2 DDP ranks"),
         (
             "hydra.output_subdir=null",
             "DDP starts its ranks from this job's saved config: drop hydra.output_subdir=null",

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY, run_train
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -105,6 +106,15 @@ def test_values_out_of_range_are_one_clear_line(tmp_path: Path, override: str, e
     result = run_train(["data=names", *TINY, override], cwd=tmp_path)  # last: TINY sets seq_len too
     assert result.returncode != 0
     assert error in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the test needs to lack")
+@pytest.mark.parametrize("trainer", ["gpu", "ddp"])
+def test_a_gpu_trainer_without_a_gpu_is_one_line(tmp_path: Path, trainer: str) -> None:
+    result = run_train(["data=names", f"trainer={trainer}"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "trainer.accelerator=gpu, but torch sees no CUDA GPU here: use trainer=cpu" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:

@@ -136,7 +136,8 @@ class CharDataModule(pl.LightningDataModule):
             return None
         if len(dataset) < world_size:  # a rank with nothing to score would leave the others waiting
             raise CharLMError(
-                f"the {stage} split has {len(dataset)} windows, fewer than the {world_size} DDP ranks: "
+                f"the {stage} split has {len(dataset)} window{'s' * (len(dataset) != 1)}, fewer than the "
+                f"{world_size} DDP ranks: "
                 "change data.splits or data.seq_len, or use fewer devices"
             )
         return UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -157,6 +158,11 @@ def train_job(cfg: DictConfig) -> float | None:
 def train(cfg: DictConfig) -> float | None:
     """Train, test with the best checkpoint, and return the best val loss (for Hydra sweepers)."""
     check_types(cfg)  # before the corpus is read: a typo costs a second, not a minute
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise CharLMError(
+            "trainer.accelerator=gpu, but torch sees no CUDA GPU here: use trainer=cpu, "
+            "or trainer=ddp_sim to try DDP on two CPU processes"
+        )
     resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
     datamodule, model, trainer = build(cfg)
     if resume:
