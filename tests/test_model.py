@@ -210,7 +210,10 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"hidden": 0}, "hidden must be at least 1"), ({"cell": "transformer"}, "unknown cell")],
+    [
+        ({"hidden": 0}, "hidden must be at least 1"),
+        ({"cell": "transformer"}, "unknown model.cell 'transformer'"),
+    ],
 )
 def test_bad_network_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(CharLMError, match=message):

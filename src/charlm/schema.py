@@ -33,6 +33,11 @@ class Model:
     embedding_dim: int | None
     stateful: bool
     compile: bool
+    impl: str
+    init: str
+    unit_forget_bias: bool
+    tie_weights: bool
+    bidirectional: bool
 
 
 @dataclass
