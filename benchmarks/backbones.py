@@ -5,7 +5,8 @@
 
 For rnn, lstm and gru at each hidden size: chars/s of one forward and backward pass (cross-entropy
 over the vocabulary, as in training) of the same network (`CharRNN`, embedding 64, one layer by
-default) with the fused layer (`model.impl=fused`: one cuDNN or oneDNN kernel), with the cells of
+default) with the fused layer (`model.impl=fused`: cuDNN on GPU; on CPU oneDNN for the LSTM, ATen's
+loop of matrix products for the RNN and GRU), with the cells of
 `charlm.cells` (`model.impl=scratch`: one Python step per character), and with those cells under
 torch.compile (`model.compile=true`: Dynamo unrolls the time loop into one graph, whose steps
 inductor fuses into a few kernels each; the compilation grows with `--seq-len`). Each is timed for about
@@ -82,7 +83,7 @@ def main() -> None:
                 )
                 net.to(args.device)
                 if impl == "compiled":
-                    torch._dynamo.reset()  # or Dynamo stops compiling forward after 8 shapes
+                    torch.compiler.reset()  # or Dynamo stops compiling forward after 8 shapes
                     net.compile()  # as model.compile=true does: the whole network, the time loop unrolled
                 speeds[impl], first = chars_per_sec(net, ids, args.seconds)
                 if impl == "compiled":

@@ -62,10 +62,13 @@ def test_scratch_gradients_match_the_fused_ones(cell: str, layers: int) -> None:
     assert all(torch.allclose(p.grad, grads[name].grad, atol=1e-5) for name, p in scratch.named_parameters())
 
 
-def test_a_scratch_model_trains_as_the_fused_one(tmp_path: Path, text_file: Path) -> None:
-    """Same seed, so the same initial weights (the same draws, in the same order), the same steps."""
-    fused = train_tiny(tmp_path / "fused", text_file, "model.num_layers=2")
-    scratch = train_tiny(tmp_path / "scratch", text_file, "model.num_layers=2", "model.impl=scratch")
+@pytest.mark.parametrize("stateful", [False, True], ids=["windows", "stateful"])
+def test_a_scratch_model_trains_as_the_fused_one(tmp_path: Path, text_file: Path, stateful: bool) -> None:
+    """Same seed, so the same initial weights (the same draws, in the same order), the same steps;
+    stateful, the scratch layers carry the same state from batch to batch."""
+    common = ["model.num_layers=2", f"data.stateful={stateful}"]
+    fused = train_tiny(tmp_path / "fused", text_file, *common)
+    scratch = train_tiny(tmp_path / "scratch", text_file, *common, "model.impl=scratch")
     assert scratch == pytest.approx(fused, rel=1e-4)
     model = load_model(tmp_path / "scratch" / "run")  # and it writes text, one character a step
     assert isinstance(model.net.rnn, ScratchRNN)
@@ -88,7 +91,8 @@ def test_keras_initialisation() -> None:
     for layer in range(2):
         w_ih, w_hh = getattr(net.rnn, f"weight_ih_l{layer}"), getattr(net.rnn, f"weight_hh_l{layer}")
         fan_in, fan_out = w_ih.shape[1], w_ih.shape[0]
-        assert w_ih.abs().max() <= math.sqrt(6 / (fan_in + fan_out))  # glorot-uniform
+        # glorot-uniform: within its bound, and past torch's 1/sqrt(hidden) = 0.25
+        assert 1 / math.sqrt(16) < w_ih.abs().max() <= math.sqrt(6 / (fan_in + fan_out))
         assert torch.allclose(w_hh.T @ w_hh, torch.eye(16), atol=1e-5)  # orthogonal
         bias = getattr(net.rnn, f"bias_ih_l{layer}") + getattr(net.rnn, f"bias_hh_l{layer}")
         assert torch.equal(bias[16:32], torch.ones(16))  # the forget gate, open
@@ -104,13 +108,21 @@ def test_torch_initialisation_with_a_unit_forget_bias() -> None:
 def test_tied_weights_share_one_tensor_and_train(tmp_path: Path, text_file: Path) -> None:
     net = CharRNN(20, "gru", hidden=8, num_layers=1, embedding_dim=8, tie_weights=True)
     assert net.head.weight is net.embedding.weight
-    assert sum(p.numel() for p in net.parameters()) < sum(
-        p.numel() for p in CharRNN(20, "gru", 8, 1, 0.0, 8).parameters()
-    )
+    untied = CharRNN(20, "gru", hidden=8, num_layers=1, embedding_dim=8)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in untied.parameters()) - 20 * 8
     best = train_tiny(tmp_path, text_file, "model.embedding_dim=16", "model.tie_weights=true")
     assert best < math.log(len(set(text_file.read_text(encoding="utf-8"))))
     model = load_model(tmp_path / "run")
     assert model.net.head.weight is model.net.embedding.weight  # still one tensor after loading
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(model.net.embedding.weight, saved["net.embedding.weight"])  # the trained one
+
+
+def test_a_state_of_the_wrong_shape_is_refused_as_torch_nn_refuses_it() -> None:
+    scratch = ScratchRNN("lstm", 5, 8, num_layers=2)
+    state = (torch.zeros(2, 1, 8), torch.zeros(2, 1, 8))  # batch 1 would broadcast over batch 3
+    with pytest.raises(CharLMError, match=r"expected a state of shape \(2, 3, 8\), got \(2, 1, 8\)"):
+        scratch(torch.randn(3, 7, 5), state)
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,10 @@ def test_resuming_a_finished_run_says_so(tmp_path: Path, text_file: Path) -> Non
         ),
         ("data.seq_len=8", r"trained with data.seq_len=16, data.stride=16, this run has data.seq_len=8"),
         (
+            "model.embedding_dim=16 model.tie_weights=true",
+            r"trained with embedding_dim=8, tie_weights=False, this run has .*, tie_weights=True",
+        ),
+        (
             "data.lowercase=true",
             r"another vocabulary \(\d+ characters, this corpus has \d+; new here: '', gone: 'EM'\)",
         ),
@@ -140,7 +144,7 @@ def test_resuming_with_another_model_or_vocabulary_says_so(
 ) -> None:
     train_tiny(tmp_path / "first", text_file, "++trainer.max_steps=6")
     with pytest.raises(CharLMError, match=error):
-        train_tiny(tmp_path / "again", text_file, f"ckpt_path={tmp_path / 'first' / 'run'}", change)
+        train_tiny(tmp_path / "again", text_file, f"ckpt_path={tmp_path / 'first' / 'run'}", *change.split())
 
 
 def test_resuming_from_a_missing_or_damaged_checkpoint_says_so(tmp_path: Path, text_file: Path) -> None:

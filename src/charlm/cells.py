@@ -3,8 +3,8 @@
 Each layer keeps torch.nn's parameter names, shapes and gate order (`weight_ih_l0` is
 [gates x hidden, input], LSTM gates i, f, g, o; GRU gates r, z, n), so a state dict moves between
 a `ScratchRNN` and the fused `torch.nn.RNN/LSTM/GRU` both ways and both compute the same thing
-(tested to 1e-5). The fused layers run one cuDNN (or oneDNN) kernel per layer; these run one small
-step per character, in Python: slow, and readable.
+(tested to 1e-5 in float32). The fused layers run one cuDNN kernel per layer on GPU; these run one
+small step per character, in Python: slow, and readable.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from charlm.errors import CharLMError
 
 State = Tensor | tuple[Tensor, Tensor]
 
@@ -83,6 +85,10 @@ class ScratchRNN(nn.Module):
         if state is None:
             zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)
             state = (zeros, zeros) if self.cell == "lstm" else zeros
+        expected = (self.num_layers, batch, self.hidden_size)
+        for part in state if isinstance(state, tuple) else (state,):
+            if tuple(part.shape) != expected:  # torch.nn checks too; broadcasting would hide it
+                raise CharLMError(f"expected a state of shape {expected}, got {tuple(part.shape)}")
         finals = []
         for layer in range(self.num_layers):
             weights = self._layer(layer)

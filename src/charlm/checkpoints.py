@@ -96,8 +96,9 @@ def find_checkpoint(path: str | Path, which: Literal["best", "last"] = "best") -
     return max(found, key=lambda p: p.stat().st_mtime)  # the newest, when the record is missing
 
 
-# what a checkpoint's weights are shaped by: a run can resume only with the same
-_SHAPE_KEYS = ("cell", "hidden", "num_layers", "embedding_dim")
+# what a checkpoint's weights are shaped (and shared) by: a run can resume only with the same
+# (impl is not among them: fused and scratch layers hold the same weights)
+_SHAPE_KEYS = ("cell", "hidden", "num_layers", "embedding_dim", "tie_weights")
 
 
 # what the saved position in the data means: another value would resume on other windows

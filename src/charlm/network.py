@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.cells import GATES, ScratchRNN
+from charlm.cells import ScratchRNN
 from charlm.errors import CharLMError
 
 # torch.nn's fused layers: one cuDNN kernel per layer on GPU.
@@ -93,7 +93,6 @@ class CharRNN(nn.Module):
             self.rnn = CELLS[cell](input_size, hidden, num_layers, dropout=between, batch_first=True)
         else:
             self.rnn = ScratchRNN(cell, input_size, hidden, num_layers, dropout=between)
-        assert self.rnn.weight_ih_l0.shape[0] == GATES[cell] * hidden  # one layout for both
         if init == "keras":
             keras_init(self.rnn, cell, num_layers, unit_forget_bias)
         else:
