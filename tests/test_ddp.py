@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, SUBPROCESS_ENV, TINY, run_train
-from test_resume import saved_step
+from test_resume import finish, saved_step
 
 from charlm.checkpoints import load_model
 from charlm.report import read_run
@@ -146,11 +146,6 @@ def test_ctrl_c_under_ddp_saves_and_resumes_to_the_unbroken_runs_weights(tmp_pat
             text=True,
             start_new_session=True,  # a process group of its own, as a terminal's job
         )
-
-    def finish(process: subprocess.Popen) -> str:
-        output, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, output[-3000:]
-        return output
 
     finish(start("hydra.run.dir=unbroken"))
     unbroken = torch.load(tmp_path / "unbroken" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -145,12 +145,13 @@ class CharDataModule(pl.LightningDataModule):
     def _loader(self, stage: str) -> StatefulDataLoader:
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        dataset = self._dataset(stage, rank, world_size) if self.stateful else self.datasets[stage]
         if self.stateful:
             # this rank's streams, in order; under DDP a sampler of the DistributedSampler kind, or
             # Lightning would deal every rank each world_size-th batch, whose rows do not follow on
+            dataset = self._dataset(stage, rank, world_size)
             sampler = UnrepeatedDistributedSampler(dataset, 1, 0, shuffle=False) if world_size > 1 else None
         else:
+            dataset = self.datasets[stage]
             sampler = self._sampler(stage, dataset, rank, world_size)
         return StatefulDataLoader(
             dataset,

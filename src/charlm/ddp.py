@@ -23,6 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd
+from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.strategies.launchers import subprocess_script
 
 from charlm.cli import hydra_quote
@@ -101,6 +102,8 @@ def every_rank(module: pl.LightningModule, state: Any) -> list[Any]:
         return [state]
     gathered = module.all_gather(state)  # [world_size, ...] per tensor
     # clones: a view would be saved with the whole gathered storage
-    if isinstance(state, tuple):
-        return [tuple(g[rank].clone() for g in gathered) for rank in range(world_size)]
-    return [gathered[rank].clone() for rank in range(world_size)]
+    return [apply_to_collection(gathered, torch.Tensor, _row, rank) for rank in range(world_size)]
+
+
+def _row(gathered: torch.Tensor, rank: int) -> torch.Tensor:
+    return gathered[rank].clone()

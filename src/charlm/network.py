@@ -17,25 +17,22 @@ INITS = ("torch", "keras")
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def keras_init(rnn: nn.Module, cell: str, num_layers: int, unit_forget_bias: bool) -> None:
+def keras_init(rnn: nn.Module) -> None:
     """Keras's defaults for recurrent layers: glorot-uniform input kernels, orthogonal recurrent
-    kernels, zero biases; with `unit_forget_bias` the LSTM's forget gate starts open (bias 1)."""
-    for layer in range(num_layers):
+    kernels, zero biases."""
+    for layer in range(rnn.num_layers):
         nn.init.xavier_uniform_(getattr(rnn, f"weight_ih_l{layer}"))
         # orthonormal columns: Keras's [hidden, gates x hidden] kernel, transposed, has orthonormal rows
         nn.init.orthogonal_(getattr(rnn, f"weight_hh_l{layer}"))
         nn.init.zeros_(getattr(rnn, f"bias_ih_l{layer}"))
         nn.init.zeros_(getattr(rnn, f"bias_hh_l{layer}"))
-    set_forget_bias(rnn, cell, num_layers, unit_forget_bias)
 
 
-def set_forget_bias(rnn: nn.Module, cell: str, num_layers: int, unit_forget_bias: bool) -> None:
+def open_forget_gates(rnn: nn.Module) -> None:
     """The LSTM's forget-gate bias (gates i, f, g, o) to 1, counting both of torch's bias vectors."""
-    if not unit_forget_bias:
-        return
     hidden = rnn.hidden_size
     with torch.no_grad():
-        for layer in range(num_layers):
+        for layer in range(rnn.num_layers):
             getattr(rnn, f"bias_ih_l{layer}")[hidden : 2 * hidden] = 1.0
             getattr(rnn, f"bias_hh_l{layer}")[hidden : 2 * hidden] = 0.0
 
@@ -94,9 +91,9 @@ class CharRNN(nn.Module):
         else:
             self.rnn = ScratchRNN(cell, input_size, hidden, num_layers, dropout=between)
         if init == "keras":
-            keras_init(self.rnn, cell, num_layers, unit_forget_bias)
-        else:
-            set_forget_bias(self.rnn, cell, num_layers, unit_forget_bias)
+            keras_init(self.rnn)
+        if unit_forget_bias:
+            open_forget_gates(self.rnn)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
         if tie_weights:

@@ -35,16 +35,20 @@ def claim_dir(parent: str) -> str:
     raise AssertionError("unreachable")
 
 
-def _swept_keys(root: DictConfig) -> tuple[set[str], set[str]] | None:
-    """The keys a sweep varies: its `-m` overrides (from the multirun.yaml that Hydra's basic sweeper
-    writes first), and those a search draws values for (`hydra.sweeper.params`: Optuna's space)."""
-    searched = set(OmegaConf.select(root, "hydra.sweeper.params", default=None) or {})
+def _searched_keys(root: DictConfig) -> set[str]:
+    """The keys a search draws values for (`hydra.sweeper.params`: Optuna's space)."""
+    return set(OmegaConf.select(root, "hydra.sweeper.params", default=None) or {})
+
+
+def _swept_keys(root: DictConfig, searched: set[str]) -> set[str] | None:
+    """The keys a sweep varies: the searched ones and its `-m` overrides (from the multirun.yaml
+    that Hydra's basic sweeper writes first); None when nothing says (name jobs by all overrides)."""
     try:
         master = OmegaConf.load(Path(root.hydra.sweep.dir) / "multirun.yaml")
     except FileNotFoundError:  # a sweeper that does not write it
-        return (searched, searched) if searched else None  # none known: name jobs by all overrides
+        return searched or None
     overrides = OverridesParser.create().parse_overrides(list(master.hydra.overrides.task))
-    return searched | {o.key_or_group for o in overrides if o.is_sweep_override()}, searched
+    return searched | {o.key_or_group for o in overrides if o.is_sweep_override()}
 
 
 def _short(override: Override, searched: set[str]) -> str:
@@ -57,7 +61,8 @@ def _short(override: Override, searched: set[str]) -> str:
 
 def sweep_job_name(*, _root_: DictConfig) -> str:
     job_overrides = OverridesParser.create().parse_overrides(list(_root_.hydra.overrides.task))
-    swept, searched = _swept_keys(_root_) or (None, set())
+    searched = _searched_keys(_root_)
+    swept = _swept_keys(_root_, searched)
     chosen = [o for o in job_overrides if swept is None or o.key_or_group in swept] or job_overrides
     name = ",".join(sorted(_short(o, searched) for o in chosen)).replace(os.sep, "_") or "defaults"
     if len(name.encode()) > _LONGEST_NAME:  # file systems allow 255 bytes; TensorBoard's run list less
