@@ -98,7 +98,7 @@ def find_checkpoint(path: str | Path, which: Literal["best", "last"] = "best") -
 
 # what a checkpoint's weights are shaped (and shared) by: a run can resume only with the same
 # (impl is not among them: fused and scratch layers hold the same weights)
-_SHAPE_KEYS = ("cell", "hidden", "num_layers", "embedding_dim", "tie_weights")
+_SHAPE_KEYS = ("cell", "hidden", "num_layers", "embedding_dim", "tie_weights", "locked_dropout")
 
 
 # what the saved position in the data means: another value would resume on other windows

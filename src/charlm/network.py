@@ -37,13 +37,59 @@ def open_forget_gates(rnn: nn.Module) -> None:
             getattr(rnn, f"bias_hh_l{layer}")[hidden : 2 * hidden] = 0.0
 
 
+class LockedDropout(nn.Module):
+    """Dropout with one mask per sequence, the same at every time step (Gal & Ghahramani 2016,
+    AWD-LSTM's "locked" dropout): a unit is dropped for a whole batch of characters, not for one,
+    so the network cannot route around the hole a step later. Inputs are batch first."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not self.p:
+            return x
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - self.p) / (1 - self.p)
+        return x * mask
+
+
+def _layer_state(state: State | None, layer: int) -> State | None:
+    """Layer `layer`'s part of a torch.nn multi-layer state, kept 3-D, as a one-layer module takes it."""
+    if state is None:
+        return None
+    part = slice(layer, layer + 1)
+    return tuple(s[part] for s in state) if isinstance(state, tuple) else state[part]
+
+
+class LayerStack(nn.Module):
+    """One-layer recurrent modules in a stack, with locked dropout between them: torch.nn's
+    multi-layer modules draw a new mask for every character there. The state goes in and out
+    as torch.nn's does ([num_layers, batch, hidden], a pair for the LSTM)."""
+
+    def __init__(self, layers: list[nn.Module], dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.drop = LockedDropout(dropout)
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        finals = []
+        for index, layer in enumerate(self.layers):
+            x, final = layer(self.drop(x) if index else x, _layer_state(state, index))
+            finals.append(final)
+        if isinstance(finals[0], tuple):
+            return x, tuple(torch.cat(parts) for parts in zip(*finals, strict=True))
+        return x, torch.cat(finals)
+
+
 class CharRNN(nn.Module):
     """Embedding (or one-hot) -> stacked RNN/LSTM/GRU -> linear head over the vocabulary.
 
     Dropout, when set, applies to the inputs, between layers and before the head, as in
     pytorch/examples word_language_model. `embedding_dim=None` feeds one-hot vectors instead.
     `impl="scratch"` swaps torch.nn's fused layers for cells written out from their equations
-    (`charlm.cells`), with the same weights. `tie_weights` shares the embedding with the head, as
+    (`charlm.cells`), with the same weights. `locked_dropout` draws one dropout mask per sequence
+    instead of one per character (AWD-LSTM); between layers that takes one module per layer
+    (`LayerStack`). `tie_weights` shares the embedding with the head, as
     language models do (Press & Wolf 2017): it needs `embedding_dim == hidden`.
     """
 
@@ -55,6 +101,7 @@ class CharRNN(nn.Module):
         num_layers: int = 2,
         dropout: float = 0.0,
         embedding_dim: int | None = 64,
+        locked_dropout: bool = False,
         impl: str = "fused",
         init: str = "torch",
         unit_forget_bias: bool = False,
@@ -85,16 +132,26 @@ class CharRNN(nn.Module):
             )
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
-        input_size, between = embedding_dim or vocab_size, dropout if num_layers > 1 else 0.0
-        if impl == "fused":
-            self.rnn = CELLS[cell](input_size, hidden, num_layers, dropout=between, batch_first=True)
+
+        def recurrent(input_size: int, layers: int, between: float) -> nn.Module:
+            if impl == "fused":
+                return CELLS[cell](input_size, hidden, layers, dropout=between, batch_first=True)
+            return ScratchRNN(cell, input_size, hidden, layers, dropout=between)
+
+        input_size = embedding_dim or vocab_size
+        if locked_dropout and num_layers > 1:
+            sizes = [input_size] + [hidden] * (num_layers - 1)
+            layers = [recurrent(size, 1, 0.0) for size in sizes]
+            self.rnn = LayerStack(layers, dropout)
         else:
-            self.rnn = ScratchRNN(cell, input_size, hidden, num_layers, dropout=between)
-        if init == "keras":
-            keras_init(self.rnn)
-        if unit_forget_bias:
-            open_forget_gates(self.rnn)
-        self.drop = nn.Dropout(dropout)
+            layers = [recurrent(input_size, num_layers, dropout if num_layers > 1 else 0.0)]
+            self.rnn = layers[0]
+        for layer in layers:
+            if init == "keras":
+                keras_init(layer)
+            if unit_forget_bias:
+                open_forget_gates(layer)
+        self.drop = LockedDropout(dropout) if locked_dropout else nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
         if tie_weights:
             self.head.weight = self.embedding.weight

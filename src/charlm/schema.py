@@ -31,6 +31,7 @@ class Model:
     num_layers: int
     dropout: float
     embedding_dim: int | None
+    locked_dropout: bool
     stateful: bool
     compile: bool
     impl: str
