@@ -31,6 +31,8 @@ class CharDataModule(pl.LightningDataModule):
     `stateful=True` lays every split out as `batch_size` parallel streams read in order instead
     (see `StreamBatches`), for a model that carries its hidden state across batches.
 
+    A test fraction of 0 (`data.splits=[0.9,0.1,0]`) leaves out the test split and the test.
+
     Under DDP each rank reads its own share: of the shuffled training windows, of the validation
     and test windows (once each, so the scores reduced over the ranks are the single-process ones),
     or, stateful, `batch_size` streams of its own (N ranks read as one process with N x batch_size).
@@ -90,6 +92,8 @@ class CharDataModule(pl.LightningDataModule):
         self.vocab = Vocabulary.from_text(text)
         ids = self.vocab.encode(text)
         for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.splits), strict=True):
+            if name == "test" and not self.splits[2]:  # nanoGPT's 90/10: no test split, no test
+                continue
             self.ids[name] = ids[start:end]
             self.datasets[name] = self._dataset(name)
         log.info(
@@ -100,6 +104,10 @@ class CharDataModule(pl.LightningDataModule):
             "stream batches" if self.stateful else "windows",
             " / ".join(f"{name} {len(ds):,}" for name, ds in self.datasets.items()),
         )
+
+    @property
+    def has_test_split(self) -> bool:
+        return bool(self.splits[2])
 
     def _dataset(self, name: str, rank: int = 0, world_size: int = 1) -> Dataset:
         ids = self.ids[name]

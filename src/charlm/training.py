@@ -180,7 +180,10 @@ def train(cfg: DictConfig) -> float | None:
     best = float(model.best_val_loss.compute()) if model.best_val_loss.update_called else None
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint else ""
-    trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+    if datamodule.has_test_split:
+        trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+    else:
+        log.info("no test split (data.splits ends in 0): not tested")
 
     test = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     if trainer.is_global_zero:
