@@ -30,6 +30,7 @@ def options(group: str) -> list[str]:
 
 def test_groups_are_the_documented_ones() -> None:
     expected = {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "hparams_search"}
+    expected |= {"experiment"}
     assert expected | {"paths", "hydra"} == set(GROUPS)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for group in expected:
@@ -39,7 +40,7 @@ def test_groups_are_the_documented_ones() -> None:
 
 @pytest.mark.parametrize(
     "group, option",
-    [(g, o) for g in GROUPS if g not in ("hydra", "paths") for o in options(g)],
+    [(g, o) for g in GROUPS if g not in ("hydra", "paths", "experiment") for o in options(g)],
 )
 def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
     overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]

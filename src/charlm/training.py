@@ -84,7 +84,9 @@ def run_hparams(cfg: DictConfig, model: CharLM) -> dict[str, Any]:
     params["model"]["parameters"] = sum(p.numel() for p in model.parameters())
     if HydraConfig.initialized():
         choices = HydraConfig.get().runtime.choices
-        params["config"] = {g: choices.get(g) for g in ("data", "model", "optimizer", "scheduler", "trainer")}
+        params["config"] = {
+            g: choices.get(g) for g in ("experiment", "data", "model", "optimizer", "scheduler", "trainer")
+        }
     return params
 
 
