@@ -11,10 +11,10 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from charlm.checkpoints import find_checkpoint, load_model
 from charlm.cli import quote_free_text
 from charlm.errors import CharLMError
 from charlm.generation import generate
+from charlm.models.checkpoints import find_checkpoint, load_model
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")

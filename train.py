@@ -8,8 +8,14 @@ Configuration lives in conf/ (see `python train.py --help`); the pipeline in src
 import hydra
 from omegaconf import DictConfig
 
+from charlm import config
 from charlm.cli import hydra_flags_first, quote_free_text
-from charlm.training import train_job
+from charlm.training import run_dirs
+from charlm.training.run import train_job
+
+# before Hydra composes: the typed schema of every setting, and the run directories' resolvers
+config.register()
+run_dirs.register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -7,7 +7,7 @@ For rnn, lstm and gru at each hidden size: chars/s of one forward and backward p
 over the vocabulary, as in training) of the same network (`CharRNN`, embedding 64, one layer by
 default) with the fused layer (`model.impl=fused`: cuDNN on GPU; on CPU oneDNN for the LSTM, ATen's
 loop of matrix products for the RNN and GRU), with the cells of
-`charlm.cells` (`model.impl=scratch`: one Python step per character), and with those cells under
+`charlm.models.cells` (`model.impl=scratch`: one Python step per character), and with those cells under
 torch.compile (`model.compile=true`: Dynamo unrolls the time loop into one graph, whose steps
 inductor fuses into a few kernels each; the compilation grows with `--seq-len`). Each is timed for about
 `--seconds` after a warm-up pass, whose time (the compilation, for the compiled one) is printed too.
@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from charlm.network import CharRNN
+from charlm.models.network import CharRNN, NetworkConfig
 
 VOCAB = 100
 
@@ -78,8 +78,9 @@ def main() -> None:
             speeds, compile_seconds = {}, 0.0
             for impl in ("fused", "scratch", "compiled"):
                 torch.manual_seed(0)  # the same weights for all three
+                layers = "fused" if impl == "fused" else "scratch"
                 net = CharRNN(
-                    VOCAB, cell, hidden, args.layers, 0.0, 64, impl="fused" if impl == "fused" else "scratch"
+                    VOCAB, NetworkConfig(cell=cell, hidden=hidden, num_layers=args.layers, impl=layers)
                 )
                 net.to(args.device)
                 if impl == "compiled":

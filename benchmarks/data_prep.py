@@ -16,9 +16,9 @@ import resource
 import torch
 from common import ROOT, local_corpus, timed
 
-from charlm.corpora import CensusNames
-from charlm.vocab import Vocabulary
-from charlm.windows import WindowDataset
+from charlm.data.corpora import CensusNames
+from charlm.data.vocab import Vocabulary
+from charlm.data.windows import WindowDataset
 
 
 def seed_text() -> tuple[str, str]:

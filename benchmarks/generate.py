@@ -19,7 +19,7 @@ import time
 import torch
 from common import timed
 
-from charlm import CharLM, generate
+from charlm import CharLM, NetworkConfig, generate
 from charlm.generation import _pick
 
 LENGTHS = (100, 1000, 10000)
@@ -64,7 +64,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     vocab = sorted(set(string.printable + "áéíóúñÁÉÍÓÚÑ¿¡üÜ"))
-    model = CharLM(vocab, cell="lstm", hidden=args.hidden, num_layers=args.layers).to(args.device).eval()
+    model = CharLM(vocab, NetworkConfig(hidden=args.hidden, num_layers=args.layers)).to(args.device).eval()
     print(
         f"LSTM {args.layers}x{args.hidden}, vocabulary {len(vocab)}, prompt {len(PROMPT)} chars, "
         f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads"

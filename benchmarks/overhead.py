@@ -22,17 +22,18 @@ import pytorch_lightning as pl
 import torch
 from common import ROOT, local_corpus
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from charlm.network import CharRNN
-from charlm.training import build
+from charlm.config import register, typed
+from charlm.data.datamodule import CharDataModule, DataConfig
+from charlm.models.network import CharRNN, NetworkConfig
+from charlm.training import run_dirs
+from charlm.training.run import build
 
 
 def plain_loop(cfg, windows: torch.Tensor, vocab_size: int, steps: int, warmup: int) -> float:
     """chars/s of a textbook training loop over the same windows."""
     torch.manual_seed(cfg.seed)
-    m = cfg.model
-    net = CharRNN(vocab_size, m.cell, m.hidden, m.num_layers, m.dropout, m.embedding_dim)
+    net = CharRNN(vocab_size, typed(cfg.model, NetworkConfig))
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr)
     batch_size = cfg.data.batch_size
     order = torch.randperm(len(windows))
@@ -104,10 +105,14 @@ def main() -> None:
         "++trainer.limit_val_batches=0",
         "++trainer.num_sanity_val_steps=0",
     ]
+    register()
+    run_dirs.register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
 
-    datamodule = instantiate(cfg.data)  # the data alone: no trainer or logger for the plain loop
+    datamodule = CharDataModule(
+        typed(cfg.data, DataConfig)
+    )  # the data alone: no trainer or logger for the plain loop
     datamodule.setup()
     windows, vocab_size = datamodule.datasets["train"].windows, len(datamodule.vocab)
     print(

@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+from dataclasses import replace
 
 import pytorch_lightning as pl
 from common import ROOT, local_corpus, timed
 from hydra import compose, initialize_config_dir
 
-from charlm import CharDataModule, find_checkpoint, load_model
-from charlm.training import instantiate, train
+from charlm import CharDataModule, DataConfig, find_checkpoint, load_model
+from charlm.config import register, typed
+from charlm.training import run_dirs
+from charlm.training.run import train
 
 
 def val_loss(model: pl.LightningModule, datamodule: CharDataModule) -> float:
@@ -56,6 +59,8 @@ def main() -> None:
         *args.overrides,
     ]
     results = {}
+    register()
+    run_dirs.register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         for stateful in (False, True):
             name = "stateful" if stateful else "stateless"
@@ -67,7 +72,7 @@ def main() -> None:
             model = load_model(find_checkpoint(output))
             scores = {}
             for layout in (False, True):
-                datamodule = instantiate(cfg.data, stateful=layout, _convert_="all")
+                datamodule = CharDataModule(replace(typed(cfg.data, DataConfig), stateful=layout))
                 scores[layout] = val_loss(model, datamodule)
             results[name] = (scores, seconds)
 

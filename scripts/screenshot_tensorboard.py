@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from charlm.board import get_json, serve
+from charlm.report.board import get_json, serve
 
 # Chromium on a closed network: no background connections, no sandbox (root in containers)
 CHROMIUM_FLAGS = [

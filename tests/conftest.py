@@ -17,6 +17,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from charlm import config
+from charlm.training import run_dirs
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
@@ -36,6 +39,8 @@ TINY = [
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
+    config.register()  # as train.py does: the schema, and the run directories' resolvers
+    run_dirs.register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=overrides)
 

@@ -10,11 +10,11 @@ import torch
 from test_model import train_tiny
 from torch import nn
 
-from charlm.cells import ScratchRNN
-from charlm.checkpoints import load_model
 from charlm.errors import CharLMError
 from charlm.generation import generate
-from charlm.network import CELLS, CharRNN
+from charlm.models.cells import ScratchRNN
+from charlm.models.checkpoints import load_model
+from charlm.models.network import CELLS, CharRNN, NetworkConfig
 
 CASES = [(cell, layers) for cell in CELLS for layers in (1, 2)]
 
@@ -78,7 +78,7 @@ def test_a_scratch_model_trains_as_the_fused_one(tmp_path: Path, text_file: Path
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_a_compiled_scratch_network_computes_what_the_eager_one_does(cell: str) -> None:
     torch.manual_seed(0)
-    net = CharRNN(20, cell, hidden=16, num_layers=2, embedding_dim=8, impl="scratch")
+    net = CharRNN(20, NetworkConfig(cell=cell, hidden=16, num_layers=2, embedding_dim=8, impl="scratch"))
     ids = torch.randint(0, 20, (4, 6))
     eager, _ = net(ids)
     net.compile()
@@ -87,7 +87,9 @@ def test_a_compiled_scratch_network_computes_what_the_eager_one_does(cell: str) 
 
 
 def test_keras_initialisation() -> None:
-    net = CharRNN(20, "lstm", hidden=16, num_layers=2, embedding_dim=8, init="keras", unit_forget_bias=True)
+    net = CharRNN(
+        20, NetworkConfig(hidden=16, num_layers=2, embedding_dim=8, init="keras", unit_forget_bias=True)
+    )
     for layer in range(2):
         w_ih, w_hh = getattr(net.rnn, f"weight_ih_l{layer}"), getattr(net.rnn, f"weight_hh_l{layer}")
         fan_in, fan_out = w_ih.shape[1], w_ih.shape[0]
@@ -100,15 +102,15 @@ def test_keras_initialisation() -> None:
 
 
 def test_torch_initialisation_with_a_unit_forget_bias() -> None:
-    net = CharRNN(20, "lstm", hidden=16, num_layers=1, embedding_dim=8, unit_forget_bias=True)
+    net = CharRNN(20, NetworkConfig(hidden=16, num_layers=1, embedding_dim=8, unit_forget_bias=True))
     assert net.rnn.weight_hh_l0.abs().max() <= 1 / math.sqrt(16)  # torch.nn's uniform
     assert torch.equal((net.rnn.bias_ih_l0 + net.rnn.bias_hh_l0)[16:32], torch.ones(16))
 
 
 def test_tied_weights_share_one_tensor_and_train(tmp_path: Path, text_file: Path) -> None:
-    net = CharRNN(20, "gru", hidden=8, num_layers=1, embedding_dim=8, tie_weights=True)
+    net = CharRNN(20, NetworkConfig(cell="gru", hidden=8, num_layers=1, embedding_dim=8, tie_weights=True))
     assert net.head.weight is net.embedding.weight
-    untied = CharRNN(20, "gru", hidden=8, num_layers=1, embedding_dim=8)
+    untied = CharRNN(20, NetworkConfig(cell="gru", hidden=8, num_layers=1, embedding_dim=8))
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in untied.parameters()) - 20 * 8
     best = train_tiny(tmp_path, text_file, "model.embedding_dim=16", "model.tie_weights=true")
     assert best < math.log(len(set(text_file.read_text(encoding="utf-8"))))
@@ -140,4 +142,4 @@ def test_a_state_of_the_wrong_shape_is_refused_as_torch_nn_refuses_it() -> None:
 )
 def test_settings_that_make_no_sense_are_refused_with_the_reason(kwargs: dict, message: str) -> None:
     with pytest.raises(CharLMError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        CharRNN(20, **{"cell": "lstm", "hidden": 16, **kwargs})
+        CharRNN(20, NetworkConfig(**{"cell": "lstm", "hidden": 16, **kwargs}))

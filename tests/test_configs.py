@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,14 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import Logger
 
-from charlm import generate, training
+from charlm import generate
 from charlm.cli import quote_free_text
-from charlm.datamodule import CharDataModule
+from charlm.config import typed
+from charlm.data.datamodule import CharDataModule, DataConfig
 from charlm.errors import CharLMError
-from charlm.model import DEFAULT_OPTIMIZER, CharLM
-from charlm.schema import check_types
+from charlm.models.lightning_module import CharLM
+from charlm.models.network import NetworkConfig
+from charlm.models.optimization import OptimizerConfig
 
 GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir())
 
@@ -48,11 +51,10 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
         overrides.append(f"data.path={tmp_path}")
     cfg = compose_train(overrides)
     assert cfg.hidden == cfg.model.hidden == 256
-    check_types(cfg)  # every shipped option has the types the schema wants
     if group == "data":
-        assert isinstance(instantiate(cfg.data), CharDataModule)
+        assert isinstance(CharDataModule(typed(cfg.data, DataConfig)), CharDataModule)
     if group == "model":
-        assert isinstance(instantiate(cfg.model, vocab=list("abc"), _recursive_=False), CharLM)
+        assert isinstance(CharLM(list("abc"), typed(cfg.model, NetworkConfig)), CharLM)
     if group == "optimizer":
         optimizer = instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
         assert isinstance(optimizer, torch.optim.Optimizer)
@@ -75,16 +77,27 @@ def test_hidden_is_read_by_every_model_and_sweepable() -> None:
 def test_missing_path_for_textfile_is_reported() -> None:
     cfg = compose_train(["data=textfile"])
     with pytest.raises(CharLMError, match="no corpus: give data.path="):
-        training.instantiate(cfg.data)
+        CharDataModule(typed(cfg.data, DataConfig))
 
 
-def test_code_defaults_match_the_configs() -> None:
-    """CharLM used from a notebook trains the same model as `python train.py`."""
+def test_the_default_run_is_the_code_defaults() -> None:
+    """CharLM and CharDataModule used from a notebook train the same model, on the same windows, as
+    `python train.py`: the composed config adds nothing to the definitions' own defaults."""
     cfg = compose_train([])
-    signature = inspect.signature(CharLM).parameters
-    for key in ("cell", "hidden", "num_layers", "dropout", "embedding_dim"):
-        assert signature[key].default == cfg.model[key], key
-    assert OmegaConf.to_container(cfg.optimizer) == DEFAULT_OPTIMIZER
+    assert typed(cfg.model, NetworkConfig) == NetworkConfig()
+    assert OmegaConf.to_container(cfg.optimizer) == asdict(OptimizerConfig())
+    data = typed(cfg.data, DataConfig)
+    assert {**asdict(data), "corpus": None, "data_dir": "data"} == asdict(DataConfig())
+
+
+def test_a_setting_of_the_wrong_type_is_refused_as_the_config_composes() -> None:
+    with pytest.raises(Exception, match="model.num_layers=two") as refused:
+        compose_train(["model.num_layers=two"])
+    assert "could not be converted to Integer" in str(refused.value.__cause__)
+    with pytest.raises(Exception, match="model.hiden") as refused:
+        compose_train(["model.hiden=3"])
+    assert "Key 'hiden' not in 'NetworkConfig'" in str(refused.value.__cause__)
+    assert compose_train(["optimizer=sgd"]).optimizer.momentum == 0.9  # an optimizer's own arguments pass
 
 
 def test_generate_config_defaults_match_the_sampler() -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from charlm.corpora import CensusNames, Download, TextFiles
-from charlm.datamodule import STAGES, CharDataModule
+from charlm.data.corpora import CensusNames, Download, TextFiles
+from charlm.data.datamodule import STAGES, CharDataModule, DataConfig
+from charlm.data.preprocess import preprocess
+from charlm.data.vocab import Vocabulary
+from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
-from charlm.preprocess import preprocess
-from charlm.vocab import Vocabulary
-from charlm.windows import StreamBatches, WindowDataset, split_bounds
 
 
 def test_vocabulary_is_sorted_and_round_trips(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_split_bounds_are_contiguous_and_validated() -> None:
 
 @pytest.mark.parametrize("stride", [1, 7, 16])
 def test_no_window_crosses_a_split_boundary(text_file: Path, stride: int) -> None:
-    dm = CharDataModule(path=str(text_file), seq_len=16, stride=stride, splits=(0.8, 0.1, 0.1))
+    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, stride=stride, splits=(0.8, 0.1, 0.1)))
     dm.setup()
     n = len(text_file.read_text(encoding="utf-8"))
     bounds = dict(zip(STAGES, split_bounds(n, (0.8, 0.1, 0.1)), strict=True))
@@ -95,7 +95,7 @@ def test_no_window_crosses_a_split_boundary(text_file: Path, stride: int) -> Non
 
 
 def test_datamodule_batches(text_file: Path) -> None:
-    dm = CharDataModule(path=str(text_file), seq_len=16, batch_size=8)
+    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, batch_size=8))
     dm.setup()
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape == (8, 16) and x.dtype == torch.uint8
@@ -139,7 +139,7 @@ def test_ddp_ranks_read_their_own_streams_of_the_single_process_layout() -> None
 
 
 def test_stateful_datamodule_reads_the_streams_in_order(text_file: Path) -> None:
-    dm = CharDataModule(path=str(text_file), seq_len=16, batch_size=8, stateful=True)
+    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, batch_size=8, stateful=True))
     dm.setup()
     for stage in STAGES:
         loader = getattr(dm, f"{stage}_dataloader")()
@@ -147,11 +147,11 @@ def test_stateful_datamodule_reads_the_streams_in_order(text_file: Path) -> None
         assert all(x.shape[0] == 8 for x, _ in batches)
         assert all(torch.equal(b[0][:, 0], a[1][:, -1]) for a, b in itertools.pairwise(batches))
     with pytest.raises(CharLMError, match="val split has .* too few for 500 streams"):
-        CharDataModule(path=str(text_file), batch_size=500, stateful=True).setup()
+        CharDataModule(DataConfig(path=str(text_file), batch_size=500, stateful=True)).setup()
 
 
 def test_a_split_shorter_than_one_window_is_refused(text_file: Path) -> None:
-    dm = CharDataModule(path=str(text_file), seq_len=16, splits=(0.999, 0.001, 0.0))
+    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, splits=(0.999, 0.001, 0.0)))
     with pytest.raises(CharLMError, match="val split has .* fewer than one window"):
         dm.setup()
 
@@ -230,7 +230,7 @@ def test_a_file_put_by_hand_with_the_wrong_hash_is_named_and_kept(tmp_path: Path
 
 
 def test_stride_zero_is_refused(text_file: Path) -> None:
-    dm = CharDataModule(path=str(text_file), seq_len=16, stride=0)
+    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, stride=0))
     with pytest.raises(CharLMError, match="stride"):
         dm.setup()
 
@@ -248,12 +248,12 @@ def test_a_latin1_file_is_named_with_its_byte_and_reads_with_data_encoding(tmp_p
     path.write_bytes("Volverán las oscuras golondrinas\n".encode("latin-1") * 50)
     expected = r"is not utf-8 text \(byte 6 is b'\\xe1'\): .* data.encoding=latin-1"  # 'á' in Latin-1
     with pytest.raises(CharLMError, match=expected):
-        CharDataModule(path=str(path), seq_len=8).setup()
-    datamodule = CharDataModule(path=str(path), seq_len=8, encoding="latin-1")
+        CharDataModule(DataConfig(path=str(path), seq_len=8)).setup()
+    datamodule = CharDataModule(DataConfig(path=str(path), seq_len=8, encoding="latin-1"))
     datamodule.setup()
     assert "á" in datamodule.vocab.chars
     with pytest.raises(CharLMError, match="unknown data.encoding 'klingon'"):
-        CharDataModule(path=str(path), encoding="klingon").setup()
+        CharDataModule(DataConfig(path=str(path), encoding="klingon")).setup()
 
 
 @pytest.mark.parametrize(
@@ -273,5 +273,5 @@ def test_unusable_text_files_get_one_clear_line(
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(CharLMError, match=error) as raised:
-        CharDataModule(path=str(path), seq_len=100).setup()
+        CharDataModule(DataConfig(path=str(path), seq_len=100)).setup()
     assert "\n" not in str(raised.value)

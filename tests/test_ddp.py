@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, SUBPROCESS_ENV, TINY, run_train
 from test_resume import finish, saved_step
 
-from charlm.checkpoints import load_model
+from charlm.models.checkpoints import load_model
 from charlm.report import read_run
 
 # Two ranks of 4 windows each take the very gradient steps of one process with 8 (DistributedSampler

@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_model import train_tiny
 
-from charlm.checkpoints import load_model
 from charlm.generation import generate
-from charlm.network import CELLS, CharRNN, LayerStack, LockedDropout
+from charlm.models.checkpoints import load_model
+from charlm.models.network import CELLS, CharRNN, LayerStack, LockedDropout, NetworkConfig
 
 
 def test_locked_dropout_drops_the_same_units_at_every_step() -> None:
@@ -30,8 +30,10 @@ def test_locked_dropout_drops_the_same_units_at_every_step() -> None:
 def test_a_layer_stack_computes_what_one_multi_layer_module_does(cell: str, impl: str) -> None:
     """Without dropout, the one-module-per-layer stack is torch.nn's 2-layer module, state included."""
     torch.manual_seed(0)
-    whole = CharRNN(20, cell, hidden=8, num_layers=2, embedding_dim=6, impl=impl)
-    stacked = CharRNN(20, cell, hidden=8, num_layers=2, embedding_dim=6, impl=impl, locked_dropout=True)
+    whole = CharRNN(20, NetworkConfig(cell=cell, hidden=8, num_layers=2, embedding_dim=6, impl=impl))
+    stacked = CharRNN(
+        20, NetworkConfig(cell=cell, hidden=8, num_layers=2, embedding_dim=6, impl=impl, locked_dropout=True)
+    )
     assert isinstance(stacked.rnn, LayerStack)
     weights = whole.state_dict()
     for name in list(weights):  # rnn.weight_ih_l1 -> rnn.layers.1.weight_ih_l0
@@ -50,7 +52,7 @@ def test_a_layer_stack_computes_what_one_multi_layer_module_does(cell: str, impl
 
 
 def test_between_layers_the_mask_is_locked_too() -> None:
-    net = CharRNN(20, "lstm", hidden=32, num_layers=2, embedding_dim=8, dropout=0.5, locked_dropout=True)
+    net = CharRNN(20, NetworkConfig(hidden=32, embedding_dim=8, dropout=0.5, locked_dropout=True))
     seen = {}
 
     def keep_input(module: torch.nn.Module, args: tuple, out: object) -> None:

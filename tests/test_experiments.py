@@ -10,8 +10,8 @@ from conftest import ROOT, TINY, compose_train
 from omegaconf import OmegaConf
 from test_model import scalars
 
-from charlm.checkpoints import load_model
-from charlm.training import train
+from charlm.models.checkpoints import load_model
+from charlm.training.run import train
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -24,7 +24,7 @@ PROMISES = {
         "model.tie_weights": True,
         "model.locked_dropout": True,
         "optimizer._target_": "torch.optim.AdamW",
-        "scheduler._target_": "charlm.schedulers.cosine",
+        "scheduler._target_": "charlm.models.optimization.cosine",
     },
     "quijote_cpu": {
         "data.corpus.name": "quijote",
@@ -48,7 +48,7 @@ PROMISES = {
         "optimizer.lr": 4.0,
         "trainer.gradient_clip_val": 1.0,
     },
-    "names": {"data.corpus._target_": "charlm.corpora.CensusNames"},
+    "names": {"data.corpus._target_": "charlm.data.corpora.CensusNames"},
 }
 
 

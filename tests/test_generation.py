@@ -15,7 +15,7 @@ from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm import CharLMError, find_checkpoint, generate, load_model
-from charlm.training import train
+from charlm.training.run import train
 
 NAMES = ["ANA", "LUIS", "EVA", "MARTA", "JOSÉ", "PILAR", "SOL", "IGNACIO"]
 
@@ -180,3 +180,24 @@ def test_a_model_with_nan_weights_refuses_to_write(run_dir: Path) -> None:
         model.net.head.weight[0, 0] = math.nan  # as a diverged run leaves it
     with pytest.raises(CharLMError, match="not finite .* training diverged"):
         generate(model, "AN", length=20, seed=0)
+
+
+def test_a_checkpoint_saved_before_network_config_loads_and_writes_alike(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """Checkpoints from before NetworkConfig keep the network's settings flat beside the vocabulary."""
+    saved = torch.load(find_checkpoint(run_dir), weights_only=True)
+    settings = saved["hyper_parameters"]
+    flat = {k: v for k, v in settings.items() if k != "network"} | settings["network"]
+    old = tmp_path / "old.ckpt"
+    torch.save({**saved, "hyper_parameters": flat}, old)
+    assert generate(load_model(old), "ANA", length=20, temperature=0) == generate(
+        load_model(run_dir), "ANA", 20, 0
+    )
+
+
+def test_a_plain_state_dict_is_no_charlm_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "weights.pt"
+    torch.save(load_model(run_dir).state_dict(), weights)
+    with pytest.raises(CharLMError, match="is no charlm checkpoint"):
+        load_model(weights)

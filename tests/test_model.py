@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from conftest import TINY, compose_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charlm.checkpoints import load_model
-from charlm.datamodule import CharDataModule
+from charlm.data.datamodule import CharDataModule, DataConfig
 from charlm.errors import CharLMError
-from charlm.metrics import CharScores
-from charlm.model import CharLM
-from charlm.network import CharRNN
-from charlm.schedulers import cosine
-from charlm.training import build, train
+from charlm.models.checkpoints import load_model
+from charlm.models.lightning_module import CharLM
+from charlm.models.metrics import CharScores
+from charlm.models.network import CharRNN, NetworkConfig
+from charlm.models.optimization import cosine
+from charlm.training.run import build, train
 
 
 def train_tiny(tmp_path: Path, text_file: Path, *overrides: str) -> float:
@@ -221,13 +221,13 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
 )
 def test_bad_network_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(CharLMError, match=message):
-        CharRNN(10, **kwargs)
+        CharRNN(10, NetworkConfig(**kwargs))
 
 
 def test_stateful_validation_reads_each_stream_as_one_sequence(text_file: Path) -> None:
-    datamodule = CharDataModule(path=str(text_file), seq_len=16, batch_size=4, stateful=True)
+    datamodule = CharDataModule(DataConfig(path=str(text_file), seq_len=16, batch_size=4, stateful=True))
     datamodule.setup()
-    model = CharLM(list(datamodule.vocab.chars), hidden=16, num_layers=2, embedding_dim=8, stateful=True)
+    model = CharLM(datamodule.vocab.chars, NetworkConfig(hidden=16, embedding_dim=8), stateful=True)
     trainer = pl.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -301,4 +301,6 @@ def test_compiled_and_mixed_precision_runs_train_as_the_plain_one(
     weights = checkpoint["state_dict"]
     assert "net.rnn.weight_hh_l0" in weights and not any("_orig_mod" in name for name in weights)
     assert all(v.dtype == torch.float32 for v in weights.values())
-    assert not load_model(tmp_path / "other" / "run").hparams.compile  # generation does not compile
+    assert not load_model(tmp_path / "other" / "run").hparams.network[
+        "compile"
+    ]  # generation does not compile

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from conftest import TINY, compose_train
 
-import charlm.vocab
-from charlm.corpora import Download
-from charlm.training import build
-from charlm.vocab import Vocabulary
+import charlm.data.vocab
+from charlm.data.corpora import Download
+from charlm.data.vocab import Vocabulary
+from charlm.training.run import build
 
 
 def test_a_download_shows_its_progress(http_server: tuple[str, Path], tmp_path: Path, capfd) -> None:
@@ -26,7 +26,7 @@ def test_a_download_shows_its_progress(http_server: tuple[str, Path], tmp_path: 
 
 
 def test_a_large_corpus_shows_vocabulary_and_encoding_progress(monkeypatch, capsys) -> None:
-    monkeypatch.setattr(charlm.vocab, "_CHUNK", 1_000)  # so 5,000 characters count as large
+    monkeypatch.setattr(charlm.data.vocab, "_CHUNK", 1_000)  # so 5,000 characters count as large
     text = "¡Qué señor hidalgo! " * 250
     vocab = Vocabulary.from_text(text)
     assert vocab.decode(vocab.encode(text)) == text

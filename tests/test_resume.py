@@ -15,10 +15,10 @@ import pytorch_lightning as pl
 import torch
 from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train
 
-from charlm.callbacks import ModelCheckpoint
-from charlm.checkpoints import AtomicCheckpointIO
 from charlm.errors import CharLMError
-from charlm.training import build
+from charlm.training.callbacks.checkpointing import ModelCheckpoint
+from charlm.training.run import build
+from charlm.training.saving import AtomicCheckpointIO
 
 # Three epochs of about 100 steps on a 60 kB corpus, dropout on, last.ckpt every 10 steps.
 RUN = [

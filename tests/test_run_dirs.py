@@ -10,7 +10,7 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from charlm import run_dirs
+from charlm.training import run_dirs
 
 
 class FrozenClock(datetime):

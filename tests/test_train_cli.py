@@ -100,6 +100,9 @@ def test_unknown_names_and_keys_are_refused_with_the_choices(
         ("data.batch_size=0", "data.batch_size must be at least 1, got 0"),
         ("data.splits=[0.5,0.2,0.2]", "must be non-negative and sum to 1"),
         ("data.splits=[0.95,0.0,0.05]", "the val split has 0 characters, fewer than one window"),
+        # the optimizer and trainer groups take their class's other arguments, and only those
+        ("trainer.max_step=5", "trainer.max_step is not a setting of pytorch_lightning.Trainer"),
+        ("optimizer.momentum=0.9", "optimizer.momentum is not a setting of torch.optim.Adam"),
     ],
 )
 def test_values_out_of_range_are_one_clear_line(tmp_path: Path, override: str, error: str) -> None:
@@ -126,20 +129,24 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "override, error",
     [
-        ("hidden=abc", "hidden='abc' is not an integer"),
-        ("data.seq_len=1.5", "data.seq_len=1.5 is not an integer"),
-        ("optimizer.lr=fast", "optimizer.lr='fast' is not a number"),
-        ("data.lowercase=no", "data.lowercase='no' is not true or false"),  # 'no' would count as true
+        ("hidden=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+        ("data.seq_len=1.5", "Value '1.5' of type 'float' could not be converted to Integer"),
+        ("optimizer.lr=fast", "Value 'fast' of type 'str' could not be converted to Float"),
+        ("data.lowercase=maybe", "Value 'maybe' is not a valid bool"),
+        ("trainer.max_epochs=ten", "Value 'ten' of type 'str' could not be converted to Integer"),
     ],
 )
 def test_settings_of_the_wrong_type_are_named_before_anything_runs(
     tmp_path: Path, override: str, error: str
 ) -> None:
+    """The schema (charlm.config) types every override as Hydra composes the config."""
     empty = tmp_path / "data"  # Quijote is not there: a download would be tried, and fail, first
     result = run_train(["data=quijote", f"paths.data_dir={empty}", override], cwd=tmp_path)
     assert result.returncode != 0
-    assert error in result.stderr and "could not get corpus" not in result.stderr
-    assert "Traceback" not in result.stderr and not empty.exists()
+    assert f"Error merging override {override}" in result.stderr and error in result.stderr
+    assert f"full_key: {override.split('=')[0]}" in result.stderr
+    assert "could not get corpus" not in result.stderr and "Traceback" not in result.stderr
+    assert not empty.exists() and not (tmp_path / "logs").exists()  # nothing ran
 
 
 def test_a_diverging_run_stops_with_the_step_and_a_suggestion(tmp_path: Path) -> None:

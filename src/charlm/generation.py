@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from charlm.errors import CharLMError
-from charlm.model import CharLM
+from charlm.models.lightning_module import CharLM
 
 NEWLINE = "\n"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charlm.cells import ScratchRNN
 from charlm.errors import CharLMError
+from charlm.models.cells import ScratchRNN
 
 # torch.nn's fused layers: one cuDNN kernel per layer on GPU.
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -81,65 +83,100 @@ class LayerStack(nn.Module):
         return x, torch.cat(finals)
 
 
+def _resume(default: object) -> object:
+    """A setting that shapes (or shares) the weights: a checkpoint resumes only with the same value."""
+    return field(default=default, metadata={"resume": True})
+
+
+@dataclass(kw_only=True)
+class NetworkConfig:
+    """Every setting of the network (`model.<name>` on the command line), with its default.
+
+    The one definition: `python train.py` composes it (conf/model/ picks the cell), Hydra checks
+    overrides against its types, and a checkpoint is refused for resuming when a field marked
+    `resume` differs (`charlm.training.resume`).
+    """
+
+    # rnn (Elman, tanh), lstm or gru: the files in conf/model/ set it
+    cell: str = _resume("lstm")
+    hidden: int = _resume(256)
+    num_layers: int = _resume(2)
+    # on the inputs, between layers and before the head
+    dropout: float = 0.0
+    # null feeds one-hot vectors, as some of the lessons do
+    embedding_dim: int | None = _resume(64)
+    # one dropout mask per sequence, not per character (AWD-LSTM's locked dropout); one module per layer
+    locked_dropout: bool = _resume(False)
+    # torch.compile the network; around torch.nn's fused RNN/LSTM/GRU only (Dynamo does not trace them)
+    compile: bool = False
+    # fused: torch.nn's layers (cuDNN on GPU); scratch: the cells written out from their equations
+    # (charlm/models/cells.py), same weights, same results in float32, one Python step per character
+    impl: str = "fused"
+    # torch: torch.nn's uniform +-1/sqrt(hidden); keras: glorot-uniform input, orthogonal recurrent, zero bias
+    init: str = "torch"
+    # the LSTM's forget-gate bias starts at 1 (Keras's unit_forget_bias)
+    unit_forget_bias: bool = False
+    # share the embedding and the head's weights; needs embedding_dim == hidden
+    tie_weights: bool = _resume(False)
+    # refused, with the reason: a next-character model cannot read the text backwards
+    bidirectional: bool = False
+
+    def check(self) -> None:
+        """One clear line for a value out of range or a combination that cannot work."""
+        for name, choices in (("cell", CELLS), ("impl", IMPLS), ("init", INITS)):
+            if getattr(self, name) not in choices:
+                raise CharLMError(
+                    f"unknown model.{name} '{getattr(self, name)}': choose one of {', '.join(choices)}"
+                )
+        for name in ("hidden", "num_layers"):
+            if getattr(self, name) < 1:
+                raise CharLMError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise CharLMError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.bidirectional:
+            raise CharLMError(
+                "model.bidirectional=true cannot predict the next character: its backward pass reads the "
+                "text from the end, so at every position it has already seen the character it must "
+                "predict (and at generation time there is no text after it to read). Drop it"
+            )
+        if self.unit_forget_bias and self.cell != "lstm":
+            raise CharLMError(f"model.unit_forget_bias is the LSTM's forget gate: model={self.cell} has none")
+        if self.tie_weights and self.embedding_dim != self.hidden:
+            raise CharLMError(
+                f"model.tie_weights shares the embedding with the head, so it needs model.embedding_dim "
+                f"equal to hidden ({self.hidden}), got {self.embedding_dim}"
+            )
+
+
 class CharRNN(nn.Module):
     """Embedding (or one-hot) -> stacked RNN/LSTM/GRU -> linear head over the vocabulary.
 
     Dropout, when set, applies to the inputs, between layers and before the head, as in
     pytorch/examples word_language_model. `embedding_dim=None` feeds one-hot vectors instead.
     `impl="scratch"` swaps torch.nn's fused layers for cells written out from their equations
-    (`charlm.cells`), with the same weights. `locked_dropout` draws one dropout mask per sequence
-    instead of one per character (AWD-LSTM); between layers that takes one module per layer
-    (`LayerStack`). `tie_weights` shares the embedding with the head, as
-    language models do (Press & Wolf 2017): it needs `embedding_dim == hidden`.
+    (`charlm.models.cells`), with the same weights. `locked_dropout` draws one dropout mask per
+    sequence instead of one per character (AWD-LSTM); between layers that takes one module per
+    layer (`LayerStack`). `tie_weights` shares the embedding with the head, as language models do
+    (Press & Wolf 2017): it needs `embedding_dim == hidden`. `compile` is applied by `CharLM`.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        cell: str = "lstm",
-        hidden: int = 256,
-        num_layers: int = 2,
-        dropout: float = 0.0,
-        embedding_dim: int | None = 64,
-        locked_dropout: bool = False,
-        impl: str = "fused",
-        init: str = "torch",
-        unit_forget_bias: bool = False,
-        tie_weights: bool = False,
-        bidirectional: bool = False,
-    ):
+    def __init__(self, vocab_size: int, config: NetworkConfig | None = None):
         super().__init__()
-        for name, value, choices in (("cell", cell, CELLS), ("impl", impl, IMPLS), ("init", init, INITS)):
-            if value not in choices:
-                raise CharLMError(f"unknown model.{name} '{value}': choose one of {', '.join(choices)}")
-        for name, value in (("hidden", hidden), ("num_layers", num_layers)):
-            if value < 1:
-                raise CharLMError(f"{name} must be at least 1, got {value}")
-        if not 0 <= dropout < 1:
-            raise CharLMError(f"dropout must be in [0, 1), got {dropout}")
-        if bidirectional:
-            raise CharLMError(
-                "model.bidirectional=true cannot predict the next character: its backward pass reads the "
-                "text from the end, so at every position it has already seen the character it must "
-                "predict (and at generation time there is no text after it to read). Drop it"
-            )
-        if unit_forget_bias and cell != "lstm":
-            raise CharLMError(f"model.unit_forget_bias is the LSTM's forget gate: model={cell} has none")
-        if tie_weights and embedding_dim != hidden:
-            raise CharLMError(
-                f"model.tie_weights shares the embedding with the head, so it needs model.embedding_dim "
-                f"equal to hidden ({hidden}), got {embedding_dim}"
-            )
+        config = config or NetworkConfig()
+        config.check()
         self.vocab_size = vocab_size
+        cell, hidden, dropout = config.cell, config.hidden, config.dropout
+        embedding_dim = config.embedding_dim
         self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
 
         def recurrent(input_size: int, layers: int, between: float) -> nn.Module:
-            if impl == "fused":
+            if config.impl == "fused":
                 return CELLS[cell](input_size, hidden, layers, dropout=between, batch_first=True)
             return ScratchRNN(cell, input_size, hidden, layers, dropout=between)
 
         input_size = embedding_dim or vocab_size
-        if locked_dropout and num_layers > 1:
+        num_layers = config.num_layers
+        if config.locked_dropout and num_layers > 1:
             sizes = [input_size] + [hidden] * (num_layers - 1)
             layers = [recurrent(size, 1, 0.0) for size in sizes]
             self.rnn = LayerStack(layers, dropout)
@@ -147,13 +184,13 @@ class CharRNN(nn.Module):
             layers = [recurrent(input_size, num_layers, dropout if num_layers > 1 else 0.0)]
             self.rnn = layers[0]
         for layer in layers:
-            if init == "keras":
+            if config.init == "keras":
                 keras_init(layer)
-            if unit_forget_bias:
+            if config.unit_forget_bias:
                 open_forget_gates(layer)
-        self.drop = LockedDropout(dropout) if locked_dropout else nn.Dropout(dropout)
+        self.drop = LockedDropout(dropout) if config.locked_dropout else nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
-        if tie_weights:
+        if config.tie_weights:
             self.head.weight = self.embedding.weight
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

@@ -1,12 +1,31 @@
-"""Learning-rate schedules, built once the run knows its optimizer and its total step count.
+"""How the weights are trained: the optimizer's settings and the learning-rate schedules.
 
-Each returns a Lightning `lr_scheduler` config dict; `conf/scheduler/*.yaml` selects one.
+The optimizer and the schedule are Hydra-style dicts (`_target_` plus arguments; `conf/optimizer`,
+`conf/scheduler`), kept in checkpoints as plain data so that they load with
+`torch.load(weights_only=True)`. Each schedule returns a Lightning `lr_scheduler` config dict,
+built once the run knows its optimizer and its total step count.
 """
 
+from __future__ import annotations
+
 import math
+from dataclasses import dataclass
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
+
+
+@dataclass(kw_only=True)
+class OptimizerConfig:
+    """The settings every optimizer has (`optimizer.<name>`), with charlm's default: Adam at 2e-3.
+
+    conf/optimizer/*.yaml choose another `_target_` and may add its own arguments (SGD's momentum):
+    Hydra checks the types of these three and passes the others to the optimizer as they are.
+    """
+
+    _target_: str = "torch.optim.Adam"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
 
 
 def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> dict:

@@ -1,7 +1,7 @@
 """Where corpus text comes from: a pinned download, local files, or a package that ships it.
 
 Each corpus is a small object with `fetch` (get the bytes onto disk, once) and `read` (return the
-text). Hydra builds them from `conf/data/*.yaml`, so a new corpus is a new YAML file.
+text). Hydra builds them from `conf/data/*.yaml` (`corpus_of`), so a new corpus is a new YAML file.
 """
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ from __future__ import annotations
 import random
 import re
 import shutil
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 import pooch
 import requests
 
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, instantiate
 
 
 class Corpus(Protocol):
@@ -157,3 +158,18 @@ class CensusNames:
         ordered = sorted(names)
         random.Random(0).shuffle(ordered)
         return "\n".join(ordered) + "\n"
+
+
+def corpus_of(config: Any) -> Corpus:
+    """The corpus a DataConfig names: its `corpus` (a `_target_` node, or a Corpus) or its `path`."""
+    if config.corpus is None and config.path is None:
+        raise CharLMError(
+            "no corpus: give data.path=<UTF-8 file or folder of .txt files> with data=textfile, "
+            "or choose a corpus (data=quijote, tinyshakespeare, names)"
+        )
+    if config.path is None:
+        return instantiate(config.corpus) if isinstance(config.corpus, Mapping) else config.corpus
+    if config.corpus is not None:
+        name = config.corpus.get("name") if isinstance(config.corpus, Mapping) else config.corpus.name
+        raise CharLMError(f"data.path is set but so is corpus '{name}': use data=textfile")
+    return TextFiles(config.path, config.encoding)

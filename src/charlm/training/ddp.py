@@ -4,7 +4,7 @@ Lightning starts the other ranks of a node by running the script again with `sys
 `hydra.run.dir=<run.dir>`. Under Hydra that goes wrong twice (Lightning issue #16694, PR #18175
 still open): in a multirun, `-m hidden=32,256` makes every rank start a whole sweep of its own,
 and `run.dir` (`${charlm.claim_dir:...}` here) claims a new directory per rank. Instead, each rank
-(`python -m charlm.rank`) composes the config that Hydra saved for this job
+(`python -m charlm.training.rank`) composes the config that Hydra saved for this job
 (`<run dir>/.hydra/config.yaml`), with this job's run directory, no `.hydra` of its own and no log
 file: rank 0 alone writes the run's output.
 """
@@ -16,14 +16,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_original_cwd
-from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.strategies.launchers import subprocess_script
 
 from charlm.cli import hydra_quote
@@ -39,7 +36,7 @@ def rank_command(local_rank: int) -> tuple[list[str], str]:
     command = [
         sys.executable,
         "-m",
-        "charlm.rank",
+        "charlm.training.rank",
         f"--config-path={run_dir / hydra.output_subdir}",
         "--config-name=config",
         f"hydra.run.dir={hydra_quote(str(run_dir))}",
@@ -50,9 +47,6 @@ def rank_command(local_rank: int) -> tuple[list[str], str]:
     ]
     return command, get_original_cwd()
 
-
-# Lightning's launcher asks for the command here whenever Hydra runs
-subprocess_script._hydra_subprocess_cmd = rank_command
 
 # what Lightning's launcher and seeding put in this process's environment for the ranks it starts
 _LAUNCH_ENV = (
@@ -71,7 +65,8 @@ RANK_OF_SWEEP_JOB = "CHARLM_RANK_OF_SWEEP_JOB"
 
 @contextmanager
 def ranks_of_one_job() -> Iterator[None]:
-    """Leave no DDP behind a job, so that the next job of a multirun starts ranks of its own.
+    """Start DDP's other ranks as `rank_command` says, and leave no DDP behind a job, so that
+    the next job of a multirun starts ranks of its own.
 
     Otherwise the second job would find the first one's process group (its other ranks gone) and
     `LOCAL_RANK` in the environment, take itself for a rank that someone else started, and wait;
@@ -79,6 +74,9 @@ def ranks_of_one_job() -> Iterator[None]:
     """
     launch_env = {key: os.environ.get(key) for key in (*_LAUNCH_ENV, RANK_OF_SWEEP_JOB)}
     threads = torch.get_num_threads()
+    # Lightning's launcher asks for the rank command here whenever Hydra runs
+    lightnings_command = subprocess_script._hydra_subprocess_cmd
+    subprocess_script._hydra_subprocess_cmd = rank_command
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         os.environ[RANK_OF_SWEEP_JOB] = "1"
     try:
@@ -88,22 +86,9 @@ def ranks_of_one_job() -> Iterator[None]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         torch.set_num_threads(threads)
+        subprocess_script._hydra_subprocess_cmd = lightnings_command
         for key, value in launch_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def every_rank(module: pl.LightningModule, state: Any) -> list[Any]:
-    """Each DDP rank's `state`, in rank order (a list of one without DDP); every rank must call it."""
-    world_size = module.trainer.world_size
-    if world_size == 1:
-        return [state]
-    gathered = module.all_gather(state)  # [world_size, ...] per tensor
-    # clones: a view would be saved with the whole gathered storage
-    return [apply_to_collection(gathered, torch.Tensor, _row, rank) for rank in range(world_size)]
-
-
-def _row(gathered: torch.Tensor, rank: int) -> torch.Tensor:
-    return gathered[rank].clone()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -12,24 +13,61 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset, DistributedSampler, Sampler, default_convert
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from charlm.corpora import Corpus, TextFiles
+from charlm.data.corpora import Corpus, corpus_of
+from charlm.data.preprocess import preprocess
+from charlm.data.vocab import Vocabulary
+from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
-from charlm.preprocess import preprocess
-from charlm.vocab import Vocabulary
-from charlm.windows import StreamBatches, WindowDataset, split_bounds
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 
 
+def _resume(default: Any) -> Any:
+    """A setting that the saved position in the data depends on: a checkpoint resumes only with
+    the same value (another would resume on other windows)."""
+    return field(default=default, metadata={"resume": True})
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Every setting of the data (`data.<name>` on the command line), with its default.
+
+    The one definition: `python train.py` composes it (conf/data/ picks the corpus), Hydra checks
+    overrides against its types, and a checkpoint is refused for resuming when a field marked
+    `resume` differs (`charlm.training.resume`).
+    """
+
+    # a `_target_` node that builds the corpus (see charlm.data.corpora): conf/data/*.yaml set it
+    corpus: Any = None
+    # a local UTF-8 file or a folder of .txt files, for data=textfile
+    path: str | None = None
+    # of data.path's files: latin-1 or cp1252 for older Spanish texts
+    encoding: str = "utf-8"
+    # the download cache (paths.data_dir)
+    data_dir: str = "data"
+    seq_len: int = _resume(100)
+    # windows start every `stride` characters; null: seq_len (non-overlapping chunks); 1: every window
+    stride: int | None = _resume(None)
+    splits: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05], metadata={"resume": True})
+    lowercase: bool = False
+    # keep letters (accents included) and collapse everything else to one space
+    letters_only: bool = False
+    batch_size: int = _resume(64)
+    num_workers: int = 0
+    # batch_size parallel streams read in order (row i of each batch continues row i of the last),
+    # the model carrying its hidden state across batches: truncated BPTT; stride is then unused
+    stateful: bool = _resume(False)
+
+
 class CharDataModule(pl.LightningDataModule):
     """Next-character windows of one corpus, split contiguously into train/val/test.
 
-    Give either `corpus` (see `charlm.corpora`) or `path` (a local file or folder of .txt files,
-    in `encoding`). `stride` defaults to `seq_len` (non-overlapping chunks); 1 gives every window.
-    `stateful=True` lays every split out as `batch_size` parallel streams read in order instead
-    (see `StreamBatches`), for a model that carries its hidden state across batches.
+    The corpus is `config.corpus` (see `charlm.data.corpora`), or `config.path` (a local file or
+    folder of .txt files, in `config.encoding`), or a Corpus object given as `corpus`. `stateful`
+    lays every split out as `batch_size` parallel streams read in order instead of windows (see
+    `StreamBatches`), for a model that carries its hidden state across batches.
 
     A test fraction of 0 (`data.splits=[0.9,0.1,0]`) leaves out the test split and the test.
 
@@ -41,41 +79,25 @@ class CharDataModule(pl.LightningDataModule):
     so a run resumed mid-epoch sees exactly the batches it had not seen yet.
     """
 
-    def __init__(
-        self,
-        corpus: Corpus | None = None,
-        path: str | None = None,
-        data_dir: str | Path = "data",
-        seq_len: int = 100,
-        stride: int | None = None,
-        splits: Sequence[float] = (0.9, 0.05, 0.05),
-        lowercase: bool = False,
-        letters_only: bool = False,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        stateful: bool = False,
-        encoding: str = "utf-8",
-    ):
+    def __init__(self, config: DataConfig | None = None, corpus: Corpus | None = None):
         super().__init__()
-        if corpus is None and path is None:
-            raise CharLMError(
-                "no corpus: give data.path=<UTF-8 file or folder of .txt files> with data=textfile, "
-                "or choose a corpus (data=quijote, tinyshakespeare, names)"
-            )
-        if corpus is not None and path is not None:
-            raise CharLMError(f"data.path is set but so is corpus '{corpus.name}': use data=textfile")
-        if len(splits) != 3:
-            raise CharLMError(f"data.splits must be three fractions (train, val, test), got {splits}")
-        if batch_size < 1:
-            raise CharLMError(f"data.batch_size must be at least 1, got {batch_size}")
-        self.save_hyperparameters(ignore=["corpus"], logger=False)  # kept in checkpoints
-        self.corpus = corpus if corpus is not None else TextFiles(path, encoding)
-        self.data_dir = Path(data_dir)
-        self.seq_len, self.stride = seq_len, seq_len if stride is None else stride
-        self.splits = tuple(splits)
-        self.lowercase, self.letters_only = lowercase, letters_only
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.stateful = stateful
+        config = config or DataConfig()
+        if len(config.splits) != 3:
+            raise CharLMError(f"data.splits must be three fractions (train, val, test), got {config.splits}")
+        if config.batch_size < 1:
+            raise CharLMError(f"data.batch_size must be at least 1, got {config.batch_size}")
+        self.corpus = corpus_of(config if corpus is None else replace(config, corpus=corpus))
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        self.seq_len = config.seq_len
+        self.stride = config.seq_len if config.stride is None else config.stride
+        self.splits = tuple(config.splits)
+        self.batch_size, self.stateful = config.batch_size, config.stateful
+        # kept in checkpoints: what the saved position in the data means
+        settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "corpus"}
+        self.save_hyperparameters(
+            {**settings, "stride": self.stride, "splits": list(self.splits)}, logger=False
+        )
         self.vocab: Vocabulary | None = None
         self.ids: dict[str, torch.Tensor] = {}  # of each split
         self.datasets: dict[str, Dataset] = {}  # of each split, as one process reads it
@@ -86,7 +108,7 @@ class CharDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        text = preprocess(self.corpus.read(self.data_dir), self.lowercase, self.letters_only)
+        text = preprocess(self.corpus.read(self.data_dir), self.config.lowercase, self.config.letters_only)
         if not text:
             raise CharLMError(f"corpus '{self.corpus.name}' is empty")
         self.vocab = Vocabulary.from_text(text)
@@ -165,8 +187,8 @@ class CharDataModule(pl.LightningDataModule):
             dataset,
             batch_size=None if self.stateful else self.batch_size,  # stream batches come whole, in order
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
             collate_fn=default_convert,  # __getitems__ already returns the stacked batch
             generator=torch.Generator(),  # leaves the global random state (dropout) to the model
         )

@@ -1,4 +1,4 @@
-"""The entry point of DDP ranks 1..N-1 (started by `charlm.ddp.rank_command`): the job's saved
+"""The entry point of DDP ranks 1..N-1 (started by `charlm.training.ddp.rank_command`): the job's saved
 config, given by `--config-path` and `--config-name`, trained like any job.
 
 A module of its own rather than the script that started rank 0, which may be `train.py`, a
@@ -8,7 +8,9 @@ launcher's wrapper (submitit's) or a notebook: none of those would take these ar
 import hydra
 from omegaconf import DictConfig
 
-from charlm.training import train_job
+from charlm import config
+from charlm.training import run_dirs
+from charlm.training.run import train_job
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name=None)
@@ -17,4 +19,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    config.register()
+    run_dirs.register()
     main()

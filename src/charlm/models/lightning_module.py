@@ -1,0 +1,161 @@
+"""The LightningModule: a CharRNN trained with next-character cross-entropy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from pytorch_lightning.utilities import rank_zero_info
+from torchmetrics import MinMetric
+
+from charlm.data.vocab import Vocabulary
+from charlm.errors import CharLMError
+from charlm.models.carried_state import CarriedState
+from charlm.models.metrics import CharScores
+from charlm.models.network import CharRNN, NetworkConfig, State
+from charlm.models.optimization import OptimizerConfig
+
+
+def writes_logs(trainer: pl.Trainer) -> bool:
+    """Whether this training step's scores are written: on the steps Lightning writes logs (its own
+    test, with the public step count), and at the last batch of an epoch or of the run, whose
+    batches' mean would otherwise be lost."""
+    step, every = trainer.global_step + 1, trainer.log_every_n_steps
+    on_schedule = bool(every) and (step % every == 0 or trainer.should_stop)
+    return on_schedule or trainer.is_last_batch or 0 < trainer.max_steps <= step
+
+
+class CharLM(pl.LightningModule):
+    """Character-level language model with its vocabulary, so a checkpoint is all you need.
+
+    `network` is the CharRNN's NetworkConfig (or a dict of it); `optimizer` and `scheduler` are
+    Hydra-style dicts (`_target_` plus arguments; `conf/optimizer`, `conf/scheduler`), Adam at 2e-3
+    and a constant rate by default. All are kept in checkpoints as plain data, so that they load
+    with `torch.load(weights_only=True)` and without the training config.
+
+    `stateful=True` (the data module's `stateful`, whose batches continue one another row by row)
+    carries the hidden state from each batch into the next (`CarriedState`).
+
+    `charlm.load_model(path)` loads one from a checkpoint or run directory for writing text;
+    `CharLM.load_from_checkpoint(path)` works too, older checkpoints included.
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        network: NetworkConfig | Mapping[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        stateful: bool = False,
+        **flat: Any,
+    ):
+        super().__init__()
+        if not isinstance(network, NetworkConfig):
+            # flat: the network's settings as checkpoints written before NetworkConfig keep them
+            network = NetworkConfig(**{**(network or {}), **flat})
+        optimizer = dict(optimizer) if optimizer else asdict(OptimizerConfig())
+        scheduler = dict(scheduler) if scheduler else None
+        settings = {"vocab": list(vocab), "network": asdict(network), "optimizer": optimizer}
+        # the run logs its whole config instead
+        self.save_hyperparameters({**settings, "scheduler": scheduler, "stateful": stateful}, logger=False)
+        self.vocab = Vocabulary(tuple(vocab))
+        self.net = CharRNN(len(self.vocab), network)
+        if network.compile:
+            self._compile(network)
+        self.train_scores, self.val_scores, self.test_scores = CharScores(), CharScores(), CharScores()
+        self.best_val_loss = MinMetric()
+        self.best_val_loss.persistent(True)  # kept in checkpoints, so a resumed run remembers it
+        self.carried = CarriedState(enabled=stateful)
+
+    def _compile(self, network: NetworkConfig) -> None:
+        # In place, so the weights keep their names and checkpoints load without it.
+        self.net.compile()
+        if network.impl == "fused":
+            rank_zero_info(
+                f"model.compile: torch.compile covers the embedding, dropout and head; Dynamo does not "
+                f"trace torch.nn's {network.cell.upper()}, which stays the fused kernel (cuDNN on GPU)"
+            )
+        else:
+            rank_zero_info(
+                "model.compile: torch.compile unrolls the scratch cells over each batch's characters and "
+                "compiles again for each new batch shape (12-49 s each for 50 characters on 2 CPU cores)"
+            )
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        return self.net(ids, state)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        inputs, targets = batch
+        logits, state = self.net(inputs, self.carried(stage))
+        self.carried.keep(stage, state)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten().long())
+
+    def on_train_epoch_start(self) -> None:
+        self.carried.reset("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.carried.reset("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.carried.reset("test")
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch, "train")
+        self.train_scores.update(loss.detach(), batch[1].numel())
+        # the mean over the batches since the last write: self.log costs ~0.3 ms, a metric update little
+        if writes_logs(self.trainer):
+            self._log_scores("train", self.train_scores)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.val_scores.update(self._loss(batch, "val"), batch[1].numel())
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.test_scores.update(self._loss(batch, "test"), batch[1].numel())
+
+    def _log_scores(self, stage: str, metric: CharScores) -> dict[str, torch.Tensor]:
+        scores = metric.compute()
+        for name, value in scores.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name != "bpc")
+        metric.reset()
+        return scores
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a couple of batches before training: not a score
+            self.val_scores.reset()
+            return
+        self.best_val_loss.update(self._log_scores("val", self.val_scores)["loss"])
+        # TensorBoard's HPARAMS tab ranks runs by hp_metric: the best val perplexity so far
+        self.log("hp_metric", self.best_val_loss.compute().exp())
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_scores)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not torch.stack([p.isfinite().all() for p in self.parameters()]).all():
+            # raised before anything is written: the checkpoint already there stays
+            raise CharLMError(
+                f"not saving a checkpoint at step {self.global_step}: the weights are nan or inf "
+                "(training diverged); the last good checkpoint stays. Lower optimizer.lr"
+            )
+        self.carried.save(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:  # resuming, not loading to generate
+            self.carried.load(checkpoint, self.trainer.global_rank)
+
+    def on_train_start(self) -> None:
+        self.carried.to(self.device)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer, total_steps=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,124 @@
+"""How a run stops: at its last step (validated), at a diverged loss (with a clear line), or
+on Ctrl+C and SIGTERM (saved, to resume exactly)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from charlm.errors import CharLMError
+
+log = logging.getLogger(__name__)
+
+
+class ValidateAtLastStep(pl.Callback):
+    """Validate after the last step when `max_steps` ends training mid-epoch.
+
+    Lightning validates at epoch ends and `val_check_interval`s only, so a short run
+    (`++trainer.max_steps=50`) would end with no val scores, no hp_metric and no best checkpoint.
+    Asking the trainer to stop makes it validate first, as it does for early stopping.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class StopWhenDiverged(pl.Callback):
+    """Stop training at the first step whose loss is nan or inf, saying where and what to try.
+
+    Runs before the checkpoint callbacks (Lightning puts those last), so no checkpoint of that step
+    is written; the model refuses to save non-finite weights besides (CharLM.on_save_checkpoint).
+    The check reads the loss every step: on a GPU that waits for the device, as the throughput
+    monitor does anyway. Under DDP the ranks decide together, so none is left waiting.
+    """
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *_: Any
+    ) -> None:
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        # any rank's (a single-device strategy returns the decision as it is)
+        if not trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            return
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        last_good = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        raise CharLMError(
+            f"training diverged at step {trainer.global_step}: the loss is {float(loss)}. "
+            + (f"The last good checkpoint is {last_good}. " if last_good else "No checkpoint was saved. ")
+            + f"Lower optimizer.lr{f' (now {lr:g})' if lr is not None else ''}, "
+            "or keep trainer.gradient_clip_val on (default 1.0)"
+        )
+
+
+# Ctrl+C, and what `kill`, `timeout` and cluster schedulers send before they kill
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class SaveOnInterrupt(pl.Callback):
+    """Ctrl+C (SIGINT) or SIGTERM in training: finish the step, save last.ckpt, and stop; a second
+    one stops at once, without saving (Lightning's own handling).
+
+    The checkpoint is taken between steps, where the step checkpoints are, so `ckpt_path=<run dir>`
+    resumes exactly, with no step lost; during a validation, at its end. Lightning's default would
+    stop mid-step and save nothing.
+    """
+
+    def __init__(self) -> None:
+        self._asked = False
+        self._previous: dict[int, Any] = {}
+
+    def _ask(self, signum: int, frame: Any) -> None:
+        self._asked = True
+        self._restore()  # the next one goes through at once
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._ask:
+                signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # here, not at fit start: Lightning takes a note of the handlers before training and puts
+        # them back at its teardown, which would bring ours back after a failed run
+        self._asked = False
+        if threading.current_thread() is threading.main_thread():  # where Python delivers signals
+            self._previous = {signum: signal.signal(signum, self._ask) for signum in STOP_SIGNALS}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()  # a failed job must not leave the next job of a sweep its handler
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_asked(trainer)  # asked during the last validation: no step follows it
+
+    def _stop_if_asked(self, trainer: pl.Trainer) -> None:
+        # every rank stops at the same step, or the save would hang
+        if not trainer.strategy.reduce_boolean_decision(self._asked, all=False):
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath:
+            path = Path(checkpoint.dirpath) / "last.ckpt"
+            trainer.save_checkpoint(path, weights_only=False)
+            log.warning(
+                "interrupted at step %d: saved %s; resume with ckpt_path=%s",
+                trainer.global_step,
+                path,
+                Path(checkpoint.dirpath).parent,
+            )
+        else:
+            log.warning("interrupted at step %d (no checkpoint: checkpointing is off)", trainer.global_step)
+        raise KeyboardInterrupt

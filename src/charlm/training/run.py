@@ -1,0 +1,201 @@
+"""One training run from a composed Hydra config: build, fit, test the best checkpoint, sum up."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
+from pytorch_lightning.utilities import rank_zero_only
+
+from charlm.config import check_open_groups, typed
+from charlm.data.datamodule import CharDataModule, DataConfig
+from charlm.errors import CharLMError, instantiate
+from charlm.models.checkpoints import find_checkpoint, read_checkpoint
+from charlm.models.lightning_module import CharLM
+from charlm.models.network import NetworkConfig
+from charlm.report.events import ERROR_FILE
+from charlm.report.summary import RunSummary, job_name
+from charlm.training.ddp import RANK_OF_SWEEP_JOB, ranks_of_one_job
+from charlm.training.resume import check_resumable
+from charlm.training.saving import AtomicCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+def quiet_library_warnings() -> None:
+    """Warnings of the libraries charlm uses that say nothing a charlm user can act on."""
+    # Batches are slices of one in-memory tensor: worker processes would only add copying.
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # Lightning's own use of torch's pytree API, not ours
+    warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # torchdata's StatefulDataLoader calling an API that newer torch deprecates
+    warnings.filterwarnings("ignore", "'set_vital' is deprecated")
+    # ThroughputMonitor asking for FLOPs: characters per second is the figure here
+    warnings.filterwarnings("ignore", ".*`flops_per_batch` attribute.*")
+    # DDP: charlm's scores are torchmetrics, already reduced over the ranks when they are logged
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+    # Lightning's own all_gather call
+    warnings.filterwarnings("ignore", ".*torch.distributed.nn.functional.all_gather is deprecated.*")
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_no_litlogger)  # once: same filter
+
+
+def _no_litlogger(record: logging.LogRecord) -> bool:
+    """Lightning's advertisement for a cloud logger, at every Trainer's start."""
+    return "litlogger" not in record.getMessage()
+
+
+def _plain(node: DictConfig | None) -> Any:
+    return None if node is None else OmegaConf.to_container(node, resolve=True)
+
+
+def _callbacks(cfg: DictConfig, loggers: list[Any]) -> list[pl.Callback]:
+    """conf/callbacks/, but those that the Trainer's own switches turn off (Lightning refuses them
+    then): each left out is named in the log."""
+    callbacks = {name: instantiate(node) for name, node in (cfg.get("callbacks") or {}).items() if node}
+    switched_off = {
+        LearningRateMonitor: ("no logger", not loggers),
+        ProgressBar: ("trainer.enable_progress_bar=false", cfg.trainer.get("enable_progress_bar") is False),
+        Checkpoint: ("trainer.enable_checkpointing=false", cfg.trainer.get("enable_checkpointing") is False),
+    }
+    kept = []
+    for name, callback in callbacks.items():
+        off = [why for kind, (why, is_off) in switched_off.items() if is_off and isinstance(callback, kind)]
+        if off:
+            log.info("callbacks.%s left out: %s", name, off[0])
+        else:
+            kept.append(callback)
+    return kept
+
+
+def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
+    """Seed, then make the data (vocabulary saved in the run directory), model and trainer."""
+    if cfg.get("seed") is not None:  # seed 0 is a seed too
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = CharDataModule(typed(cfg.data, DataConfig))
+    datamodule.prepare_data()  # DDP's other ranks start later, from trainer.fit: the download is done
+    datamodule.setup()
+    if rank_zero_only.rank == 0:  # DDP: the other ranks write nothing
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        datamodule.vocab.save(Path(cfg.paths.output_dir) / "vocab.json")
+
+    model = CharLM(
+        datamodule.vocab.chars,
+        network=typed(cfg.model, NetworkConfig),
+        optimizer=_plain(cfg.optimizer),
+        scheduler=_plain(cfg.get("scheduler")),
+        stateful=datamodule.stateful,
+    )
+    # `~logger` and `callbacks.<name>=null` on the command line switch them off
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=_callbacks(cfg, loggers),
+        plugins=[AtomicCheckpointIO()],
+    )
+    return datamodule, model, trainer
+
+
+def train_job(cfg: DictConfig) -> float | None:
+    """`train`, except that in a multirun a failing job is logged (one line, and `error.txt` in its
+    directory for the sweep report) and the sweep goes on with the next job."""
+    quiet_library_warnings()
+    try:
+        with ranks_of_one_job():
+            return train(cfg)
+    except Exception as err:  # one job's failure must not cost the sweep its other jobs
+        if os.environ.get(RANK_OF_SWEEP_JOB) and rank_zero_only.rank != 0:
+            # DDP rank 1.. of a sweep's job: rank 0 reports the failure. Exiting with an error would
+            # make Lightning's process watcher on rank 0 kill it, and with it the sweep.
+            log.error("rank %d: job failed: %s: %s", rank_zero_only.rank, type(err).__name__, err)
+            return None
+        if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        if isinstance(err, CharLMError):
+            log.error("job failed: %s", err)
+        else:  # a bug, not bad input: keep its traceback
+            log.exception("job failed: %s: %s", type(err).__name__, err)
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ERROR_FILE).write_text(f"{type(err).__name__}: {err}\n", encoding="utf-8")
+        return math.inf  # for a sweeper minimising the val loss: the worst
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train, test with the best checkpoint, and return the best val loss (for Hydra sweepers)."""
+    check_open_groups(cfg)  # before the corpus is read: a typo costs a second, not a minute
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise CharLMError(
+            "trainer.accelerator=gpu, but torch sees no CUDA GPU here: use trainer=cpu, "
+            "or trainer=ddp_sim to try DDP on two CPU processes"
+        )
+    resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
+    datamodule, model, trainer = build(cfg)
+    if resume:
+        saved = read_checkpoint(resume)  # once: it checks every byte of the file
+        check_resumable(resume, saved, model, datamodule, trainer.world_size)
+        step = saved["global_step"]
+        del saved  # memory-mapped: not held open through training
+        log.info("resuming from %s", resume)
+    started = time.monotonic()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    if resume and trainer.global_step == step:
+        raise CharLMError(
+            f"nothing to resume: {resume} had finished its training (step {step}); "
+            "raise trainer.max_epochs or ++trainer.max_steps to train it further"
+        )
+    best = float(model.best_val_loss.compute()) if model.best_val_loss.update_called else None
+    fit_metrics = dict(trainer.logged_metrics)  # the test starts with none
+    checkpoint = trainer.checkpoint_callback
+    best_path = checkpoint.best_model_path if checkpoint else ""
+    if datamodule.has_test_split:
+        trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
+    else:
+        log.info("no test split (data.splits ends in 0): not tested")
+    if trainer.is_global_zero:
+        output_dir = Path(cfg.paths.output_dir)
+        seconds = time.monotonic() - started
+        summary = summarize(trainer, fit_metrics, model, best, seconds, output_dir)
+        log.info("done: %s", summary.line())
+        log.info("output in %s", output_dir)
+    return best
+
+
+def summarize(
+    trainer: pl.Trainer,
+    fit_metrics: dict[str, Any],
+    model: CharLM,
+    best_val_loss: float | None,
+    seconds: float,
+    output_dir: Path,
+) -> RunSummary:
+    """The run's row of a sweep report, from what the trainer and the model hold: the same figures
+    that the report reads back from the run's events."""
+    chars, train_time = fit_metrics.get("train/lengths"), fit_metrics.get("train/time")
+    chars_per_sec = None
+    if chars is not None and train_time is not None and float(train_time) > 0:
+        chars_per_sec = float(chars) / float(train_time) * trainer.world_size
+    test_ppl = trainer.logged_metrics.get("test/ppl")
+    return RunSummary(
+        name=job_name(output_dir),
+        path=output_dir,
+        status="finished",
+        parameters=sum(p.numel() for p in model.parameters()),
+        val_loss=best_val_loss,
+        test_ppl=None if test_ppl is None else float(test_ppl),
+        chars_per_sec=chars_per_sec,
+        wall_time=seconds,
+        epochs=trainer.fit_loop.epoch_progress.current.started or None,
+    )
