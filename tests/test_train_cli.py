@@ -80,7 +80,7 @@ def test_a_single_run_shorter_than_an_epoch(tmp_path: Path) -> None:
         ("model=lstmm", ["Could not find 'model/lstmm'", "Available options in 'model':", "gru", "rnn"]),
         ("data=quijot", ["Could not find 'data/quijot'", "names", "quijote", "textfile", "tinyshakespeare"]),
         ("trainer=gpus", ["Could not find 'trainer/gpus'", "cpu", "ddp", "default", "gpu"]),
-        ("model.hiden=3", ["Could not override 'model.hiden'", "Key 'hiden' is not in struct"]),
+        ("model.hiden=3", ["Could not override 'model.hiden'", "Key 'hiden' not in 'NetworkConfig'"]),
     ],
 )
 def test_unknown_names_and_keys_are_refused_with_the_choices(
