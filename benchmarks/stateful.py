@@ -30,7 +30,7 @@ from charlm.training.run import train
 
 def val_loss(model: pl.LightningModule, datamodule: CharDataModule) -> float:
     """Loss over the whole val split in the datamodule's layout."""
-    model.hparams.stateful = datamodule.stateful
+    model.hparams.stateful = datamodule.config.stateful
     quiet = {"logger": False, "enable_progress_bar": False, "enable_checkpointing": False}
     trainer = pl.Trainer(accelerator="auto", devices=1, **quiet)
     return trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/loss"]

@@ -67,9 +67,14 @@ def register() -> None:
     ConfigStore.instance().store(name="charlm_train", node=schema())
 
 
+def plain(node: DictConfig | None) -> Any:
+    """A composed group as plain Python data (dicts and lists), interpolations resolved; None stays."""
+    return None if node is None else OmegaConf.to_container(node, resolve=True)
+
+
 def typed(node: Any, config: type) -> Any:
     """A composed group (a DictConfig, typed or not: a DDP rank reads the saved YAML) as its dataclass."""
-    return config(**OmegaConf.to_container(node, resolve=True))
+    return config(**plain(node))
 
 
 def check_open_groups(cfg: DictConfig) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,11 @@ from charlm.data.preprocess import preprocess
 from charlm.data.vocab import Vocabulary
 from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
+from charlm.resumable import resumable
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
-
-
-def _resume(default: Any) -> Any:
-    """A setting that the saved position in the data depends on: a checkpoint resumes only with
-    the same value (another would resume on other windows)."""
-    return field(default=default, metadata={"resume": True})
 
 
 @dataclass(kw_only=True)
@@ -47,18 +42,18 @@ class DataConfig:
     encoding: str = "utf-8"
     # the download cache (paths.data_dir)
     data_dir: str = "data"
-    seq_len: int = _resume(100)
+    seq_len: int = resumable(100)
     # windows start every `stride` characters; null: seq_len (non-overlapping chunks); 1: every window
-    stride: int | None = _resume(None)
-    splits: list[float] = field(default_factory=lambda: [0.9, 0.05, 0.05], metadata={"resume": True})
+    stride: int | None = resumable(None)
+    splits: list[float] = resumable(default_factory=lambda: [0.9, 0.05, 0.05])
     lowercase: bool = False
     # keep letters (accents included) and collapse everything else to one space
     letters_only: bool = False
-    batch_size: int = _resume(64)
+    batch_size: int = resumable(64)
     num_workers: int = 0
     # batch_size parallel streams read in order (row i of each batch continues row i of the last),
     # the model carrying its hidden state across batches: truncated BPTT; stride is then unused
-    stateful: bool = _resume(False)
+    stateful: bool = resumable(False)
 
 
 class CharDataModule(pl.LightningDataModule):
@@ -87,17 +82,13 @@ class CharDataModule(pl.LightningDataModule):
         if config.batch_size < 1:
             raise CharLMError(f"data.batch_size must be at least 1, got {config.batch_size}")
         self.corpus = corpus_of(config if corpus is None else replace(config, corpus=corpus))
-        self.config = config
+        # the stride in effect, so that a checkpoint holds the number its windows were cut with
+        stride = config.seq_len if config.stride is None else config.stride
+        self.config = replace(config, stride=stride, splits=list(config.splits))
         self.data_dir = Path(config.data_dir)
-        self.seq_len = config.seq_len
-        self.stride = config.seq_len if config.stride is None else config.stride
-        self.splits = tuple(config.splits)
-        self.batch_size, self.stateful = config.batch_size, config.stateful
         # kept in checkpoints: what the saved position in the data means
-        settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name != "corpus"}
-        self.save_hyperparameters(
-            {**settings, "stride": self.stride, "splits": list(self.splits)}, logger=False
-        )
+        settings = {f.name: getattr(self.config, f.name) for f in fields(self.config) if f.name != "corpus"}
+        self.save_hyperparameters(settings, logger=False)
         self.vocab: Vocabulary | None = None
         self.ids: dict[str, torch.Tensor] = {}  # of each split
         self.datasets: dict[str, Dataset] = {}  # of each split, as one process reads it
@@ -113,8 +104,8 @@ class CharDataModule(pl.LightningDataModule):
             raise CharLMError(f"corpus '{self.corpus.name}' is empty")
         self.vocab = Vocabulary.from_text(text)
         ids = self.vocab.encode(text)
-        for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.splits), strict=True):
-            if name == "test" and not self.splits[2]:  # nanoGPT's 90/10: no test split, no test
+        for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.config.splits), strict=True):
+            if name == "test" and not self.config.splits[2]:  # nanoGPT's 90/10: no test split, no test
                 continue
             self.ids[name] = ids[start:end]
             self.datasets[name] = self._dataset(name)
@@ -123,30 +114,30 @@ class CharDataModule(pl.LightningDataModule):
             self.corpus.name,
             f"{len(ids):,}",
             len(self.vocab),
-            "stream batches" if self.stateful else "windows",
+            "stream batches" if self.config.stateful else "windows",
             " / ".join(f"{name} {len(ds):,}" for name, ds in self.datasets.items()),
         )
 
     @property
     def has_test_split(self) -> bool:
-        return bool(self.splits[2])
+        return bool(self.config.splits[2])
 
     def _dataset(self, name: str, rank: int = 0, world_size: int = 1) -> Dataset:
-        ids = self.ids[name]
-        if self.stateful:
-            streams = self.batch_size * world_size
+        ids, seq_len, batch_size = self.ids[name], self.config.seq_len, self.config.batch_size
+        if self.config.stateful:
+            streams = batch_size * world_size
             if len(ids) < 2 * streams:
                 raise CharLMError(
                     f"the {name} split has {len(ids):,} characters, too few for {streams} "
                     f"streams of at least 2 (data.stateful=true): lower data.batch_size or change data.splits"
                 )
-            return StreamBatches(ids, self.batch_size, self.seq_len, rank, world_size)
-        if len(ids) < self.seq_len + 1:
+            return StreamBatches(ids, batch_size, seq_len, rank, world_size)
+        if len(ids) < seq_len + 1:
             raise CharLMError(
                 f"the {name} split has {len(ids):,} characters, fewer than one window "
-                f"(seq_len + 1 = {self.seq_len + 1}): shorten seq_len or change data.splits"
+                f"(seq_len + 1 = {seq_len + 1}): shorten seq_len or change data.splits"
             )
-        return WindowDataset(ids, self.seq_len, self.stride)
+        return WindowDataset(ids, seq_len, self.config.stride)
 
     def _sampler(self, stage: str, dataset: Dataset, rank: int, world_size: int) -> Sampler | None:
         """Training: a shuffle that is a function of (seed, epoch), so a run resumed mid-epoch replays
@@ -175,7 +166,8 @@ class CharDataModule(pl.LightningDataModule):
     def _loader(self, stage: str) -> StatefulDataLoader:
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        if self.stateful:
+        stateful = self.config.stateful
+        if stateful:
             # this rank's streams, in order; under DDP a sampler of the DistributedSampler kind, or
             # Lightning would deal every rank each world_size-th batch, whose rows do not follow on
             dataset = self._dataset(stage, rank, world_size)
@@ -185,7 +177,7 @@ class CharDataModule(pl.LightningDataModule):
             sampler = self._sampler(stage, dataset, rank, world_size)
         return StatefulDataLoader(
             dataset,
-            batch_size=None if self.stateful else self.batch_size,  # stream batches come whole, in order
+            batch_size=None if stateful else self.config.batch_size,  # stream batches come whole, in order
             sampler=sampler,
             num_workers=self.config.num_workers,
             persistent_workers=self.config.num_workers > 0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +10,7 @@ from torch import nn
 
 from charlm.errors import CharLMError
 from charlm.models.cells import ScratchRNN
+from charlm.resumable import resumable
 
 # torch.nn's fused layers: one cuDNN kernel per layer on GPU.
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -83,11 +84,6 @@ class LayerStack(nn.Module):
         return x, torch.cat(finals)
 
 
-def _resume(default: object) -> object:
-    """A setting that shapes (or shares) the weights: a checkpoint resumes only with the same value."""
-    return field(default=default, metadata={"resume": True})
-
-
 @dataclass(kw_only=True)
 class NetworkConfig:
     """Every setting of the network (`model.<name>` on the command line), with its default.
@@ -98,15 +94,15 @@ class NetworkConfig:
     """
 
     # rnn (Elman, tanh), lstm or gru: the files in conf/model/ set it
-    cell: str = _resume("lstm")
-    hidden: int = _resume(256)
-    num_layers: int = _resume(2)
+    cell: str = resumable("lstm")
+    hidden: int = resumable(256)
+    num_layers: int = resumable(2)
     # on the inputs, between layers and before the head
     dropout: float = 0.0
     # null feeds one-hot vectors, as some of the lessons do
-    embedding_dim: int | None = _resume(64)
+    embedding_dim: int | None = resumable(64)
     # one dropout mask per sequence, not per character (AWD-LSTM's locked dropout); one module per layer
-    locked_dropout: bool = _resume(False)
+    locked_dropout: bool = resumable(False)
     # torch.compile the network; around torch.nn's fused RNN/LSTM/GRU only (Dynamo does not trace them)
     compile: bool = False
     # fused: torch.nn's layers (cuDNN on GPU); scratch: the cells written out from their equations
@@ -117,7 +113,7 @@ class NetworkConfig:
     # the LSTM's forget-gate bias starts at 1 (Keras's unit_forget_bias)
     unit_forget_bias: bool = False
     # share the embedding and the head's weights; needs embedding_dim == hidden
-    tie_weights: bool = _resume(False)
+    tie_weights: bool = resumable(False)
     # refused, with the reason: a next-character model cannot read the text backwards
     bidirectional: bool = False
 

@@ -7,7 +7,6 @@ DataConfig marked `resume` in their metadata.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,7 @@ from charlm.models.carried_state import saved_streams
 from charlm.models.checkpoints import model_settings
 from charlm.models.lightning_module import CharLM
 from charlm.models.network import NetworkConfig
-
-
-def resume_keys(config: type) -> list[str]:
-    """The settings of a config dataclass that a resumed run must keep (`metadata={"resume": True}`)."""
-    return [f.name for f in dataclasses.fields(config) if f.metadata.get("resume")]
+from charlm.resumable import resume_keys
 
 
 def list_or_value(value: Any) -> Any:

@@ -14,11 +14,11 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Checkpoint, LearningRateMonitor, ProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
-from charlm.config import check_open_groups, typed
+from charlm.config import check_open_groups, plain, typed
 from charlm.data.datamodule import CharDataModule, DataConfig
 from charlm.errors import CharLMError, instantiate
 from charlm.models.checkpoints import find_checkpoint, read_checkpoint
@@ -55,10 +55,6 @@ def _no_litlogger(record: logging.LogRecord) -> bool:
     return "litlogger" not in record.getMessage()
 
 
-def _plain(node: DictConfig | None) -> Any:
-    return None if node is None else OmegaConf.to_container(node, resolve=True)
-
-
 def _callbacks(cfg: DictConfig, loggers: list[Any]) -> list[pl.Callback]:
     """conf/callbacks/, but those that the Trainer's own switches turn off (Lightning refuses them
     then): each left out is named in the log."""
@@ -93,9 +89,9 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
     model = CharLM(
         datamodule.vocab.chars,
         network=typed(cfg.model, NetworkConfig),
-        optimizer=_plain(cfg.optimizer),
-        scheduler=_plain(cfg.get("scheduler")),
-        stateful=datamodule.stateful,
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.get("scheduler")),
+        stateful=datamodule.config.stateful,
     )
     # `~logger` and `callbacks.<name>=null` on the command line switch them off
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
