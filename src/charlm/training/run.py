@@ -76,6 +76,7 @@ def _callbacks(cfg: DictConfig, loggers: list[Any]) -> list[pl.Callback]:
 
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
     """Seed, then make the data (vocabulary saved in the run directory), model and trainer."""
+    quiet_library_warnings()  # here: every way into a run (train.py, a DDP rank, a notebook) builds it
     if cfg.get("seed") is not None:  # seed 0 is a seed too
         pl.seed_everything(cfg.seed, workers=True)
 
@@ -107,7 +108,6 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
 def train_job(cfg: DictConfig) -> float | None:
     """`train`, except that in a multirun a failing job is logged (one line, and `error.txt` in its
     directory for the sweep report) and the sweep goes on with the next job."""
-    quiet_library_warnings()
     try:
         with ranks_of_one_job():
             return train(cfg)
