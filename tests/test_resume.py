@@ -176,22 +176,27 @@ class PoisonWeights(pl.Callback):
                 pl_module.net.head.weight[0, 0] = float("nan")
 
 
-@pytest.mark.filterwarnings("ignore:Encountered `nan` values")  # the train scores skipping the nan loss
+DIVERGED_AT_9 = "training diverged at step 9: the loss is nan. The last good checkpoint is .*last.ckpt"
+
+
 @pytest.mark.parametrize(
-    "poison_at, error",
+    "poison_at, log_every, error",
     [
-        (8, "training diverged at step 9: the loss is nan. The last good checkpoint is .*last.ckpt"),
+        (8, 2, DIVERGED_AT_9),
+        # read at the next step that logs, 10, which is also a checkpoint's: named as step 9, not saved
+        (8, 5, DIVERGED_AT_9),
         # the loss of step 10 was finite, but its update was not, and step 10 saves last.ckpt
-        (10, "not saving a checkpoint at step 10: the weights are nan or inf"),
+        (10, 2, "not saving a checkpoint at step 10: the weights are nan or inf"),
     ],
 )
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(
-    tmp_path: Path, text_file: Path, poison_at: int, error: str
+    tmp_path: Path, text_file: Path, poison_at: int, log_every: int, error: str
 ) -> None:
     run = tmp_path / "run"
     cfg = compose_train(
         ["data=textfile", f"data.path={text_file}", f"paths.output_dir={run}", "hidden=16", *TINY]
         + ["++trainer.max_steps=30", "callbacks.step_checkpoint.every_n_train_steps=5"]
+        + [f"++trainer.log_every_n_steps={log_every}"]
     )
     datamodule, model, trainer = build(cfg)
     trainer.callbacks.insert(0, PoisonWeights(at=poison_at))  # before the checkpoints, as an update is

@@ -24,7 +24,12 @@ from charlm.models.optimization import OptimizerConfig
 def writes_logs(trainer: pl.Trainer) -> bool:
     """Whether this training step's scores are written: on the steps Lightning writes logs (its own
     test, with the public step count), and at the last batch of an epoch or of the run, whose
-    batches' mean would otherwise be lost."""
+    batches' mean would otherwise be lost.
+
+    These are the only training steps that may wait for the device (read a loss, a clock after a
+    sync): the progress bar, the throughput and the divergence check read them there. Ask before
+    the step's optimizer step (`on_train_batch_start`, `training_step`): it moves the step count.
+    """
     step, every = trainer.global_step + 1, trainer.log_every_n_steps
     on_schedule = bool(every) and (step % every == 0 or trainer.should_stop)
     return on_schedule or trainer.is_last_batch or 0 < trainer.max_steps <= step
@@ -121,7 +126,8 @@ class CharLM(pl.LightningModule):
     def _log_scores(self, stage: str, metric: CharScores) -> dict[str, torch.Tensor]:
         scores = metric.compute()
         for name, value in scores.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name != "bpc")
+            # not prog_bar=True, which Lightning reads after every step: the bar picks its own (ProgressBar)
+            self.log(f"{stage}/{name}", value)
         metric.reset()
         return scores
 

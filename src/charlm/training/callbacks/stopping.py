@@ -4,6 +4,7 @@ on Ctrl+C and SIGTERM (saved, to resume exactly)."""
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from charlm.errors import CharLMError
+from charlm.models.lightning_module import writes_logs
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +34,62 @@ class ValidateAtLastStep(pl.Callback):
 
 
 class StopWhenDiverged(pl.Callback):
-    """Stop training at the first step whose loss is nan or inf, saying where and what to try.
+    """Stop training at a nan or inf loss, saying at which step and what to try.
 
-    Runs before the checkpoint callbacks (Lightning puts those last), so no checkpoint of that step
-    is written; the model refuses to save non-finite weights besides (CharLM.on_save_checkpoint).
-    The check reads the loss every step: on a GPU that waits for the device, as the throughput
-    monitor does anyway. Under DDP the ranks decide together, so none is left waiting.
+    Each step only folds its loss into a flag on the device; the flag is read (a wait for a GPU) on
+    the steps that log (`writes_logs`), before a validation and before any checkpoint is written.
+    So a loss gone bad between two logging steps is found a few steps late, named with its own
+    step, and never reaches a checkpoint (the model refuses non-finite weights besides:
+    CharLM.on_save_checkpoint). Under DDP the ranks decide together, at the same points.
     """
+
+    def __init__(self) -> None:
+        self._first_bad: torch.Tensor | None = None  # the step of the first non-finite loss; -1: none
+        self._bad_loss: torch.Tensor | None = None
+        self._check_now = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._first_bad = torch.tensor(-1, device=pl_module.device)
+        self._bad_loss = torch.tensor(0.0, device=pl_module.device)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        self._check_now = writes_logs(trainer)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *_: Any
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
-        # any rank's (a single-device strategy returns the decision as it is)
-        if not trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+        if loss is not None and self._first_bad is not None:
+            loss = loss.detach().float()
+            first = (self._first_bad < 0) & ~torch.isfinite(loss)
+            self._first_bad = torch.where(first, trainer.global_step, self._first_bad)
+            self._bad_loss = torch.where(first, loss, self._bad_loss)
+        if self._check_now:
+            self._stop_if_diverged(trainer)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_diverged(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Any) -> None:
+        self._stop_if_diverged(trainer)  # raised before anything is written
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._first_bad = self._bad_loss = None  # a later fit of this trainer starts clean
+
+    def _stop_if_diverged(self, trainer: pl.Trainer) -> None:
+        if self._first_bad is None:  # not training
             return
+        diverged_here = bool(self._first_bad >= 0)
+        # any rank's (a single-device strategy returns the decision as it is)
+        if not trainer.strategy.reduce_boolean_decision(diverged_here, all=False):
+            return
+        step = int(self._first_bad) if diverged_here else f"{trainer.global_step} (on another rank)"
+        loss = float(self._bad_loss) if diverged_here else math.nan
+        self._first_bad = None  # raised once
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         last_good = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
         raise CharLMError(
-            f"training diverged at step {trainer.global_step}: the loss is {float(loss)}. "
+            f"training diverged at step {step}: the loss is {loss}. "
             + (f"The last good checkpoint is {last_good}. " if last_good else "No checkpoint was saved. ")
             + f"Lower optimizer.lr{f' (now {lr:g})' if lr is not None else ''}, "
             "or keep trainer.gradient_clip_val on (default 1.0)"
@@ -71,7 +110,7 @@ class SaveOnInterrupt(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._asked = False
+        self._asked = self._check_now = False
         self._previous: dict[int, Any] = {}
 
     def _ask(self, signum: int, frame: Any) -> None:
@@ -99,8 +138,14 @@ class SaveOnInterrupt(pl.Callback):
     ) -> None:
         self._restore()  # a failed job must not leave the next job of a sweep its handler
 
+    def on_train_batch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        # One process reads its own flag. Ranks must agree, in a collective that waits for the
+        # devices: at the steps that log only, so DDP stops up to trainer.log_every_n_steps later.
+        self._check_now = trainer.world_size == 1 or writes_logs(trainer)
+
     def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
-        self._stop_if_asked(trainer)
+        if self._check_now:
+            self._stop_if_asked(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_if_asked(trainer)  # asked during the last validation: no step follows it
