@@ -1,4 +1,5 @@
-"""Locked (per-sequence) dropout, AWD-LSTM style: one mask for every character of a sequence."""
+"""The regularisation large LSTMs need, AWD-LSTM style: locked (per-sequence) dropout, one mask for
+every character of a sequence; weight drop (DropConnect on the recurrent weights); embedding dropout."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from test_model import train_tiny
 
+from charlm.errors import CharLMError
 from charlm.generation import generate
 from charlm.models.checkpoints import load_model
 from charlm.models.network import CELLS, CharRNN, LayerStack, LockedDropout, NetworkConfig
@@ -76,4 +78,94 @@ def test_a_locked_dropout_model_trains_saves_and_writes(tmp_path: Path, text_fil
     assert best < math.log(len(set(text_file.read_text(encoding="utf-8"))))
     model = load_model(tmp_path / "run")
     assert isinstance(model.net.rnn, LayerStack)
+    assert len(generate(model, prompt="En ", length=20, seed=0)[0]) == 23
+
+
+def recurrent_weights(net: CharRNN) -> dict[str, torch.Tensor]:
+    return {n: w.detach().clone() for n, w in net.rnn.named_parameters() if "weight_hh" in n}
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_weight_drop_masks_the_recurrent_weights_for_one_batch_and_leaves_them_be(cell: str) -> None:
+    torch.manual_seed(0)
+    config = NetworkConfig(cell=cell, hidden=16, num_layers=2, embedding_dim=8, weight_drop=0.5)
+    net = CharRNN(20, config).train()
+    plain = CharRNN(20, NetworkConfig(cell=cell, hidden=16, num_layers=2, embedding_dim=8))
+    plain.load_state_dict(net.state_dict())
+    before = recurrent_weights(net)
+    ids = torch.randint(0, 20, (4, 12))
+    first, second = net(ids)[0], net(ids)[0]
+    assert not torch.equal(first, second)  # a new mask for each batch
+    assert all(torch.equal(before[n], w) for n, w in recurrent_weights(net).items())  # not changed in place
+    assert torch.equal(net.eval()(ids)[0], plain.eval()(ids)[0])  # no mask at evaluation
+
+    net.train()
+    first.sum().backward()  # the gradient reaches the weights through the mask: zero where dropped
+    grad = net.rnn.weight_hh_l0.grad
+    assert grad is not None and (grad == 0).float().mean() > 0.3
+
+
+def test_weight_drop_draws_the_same_masks_for_fused_and_scratch_layers() -> None:
+    """The scratch cells share the fused layers' weights and equations: with weight drop too."""
+    outputs = {}
+    for impl in ("fused", "scratch"):
+        torch.manual_seed(0)
+        config = NetworkConfig(hidden=16, num_layers=2, embedding_dim=8, weight_drop=0.3, impl=impl)
+        net = CharRNN(20, config).train()
+        outputs[impl] = net(torch.arange(20).view(2, 10))[0]
+    torch.testing.assert_close(outputs["fused"], outputs["scratch"])
+
+
+def test_weight_drop_keeps_the_fused_layer_as_it_is() -> None:
+    """One call with stand-in weights: the next call of torch.nn's module runs on its own again."""
+    torch.manual_seed(0)
+    net = CharRNN(20, NetworkConfig(hidden=16, embedding_dim=8, weight_drop=0.5))
+    assert isinstance(net.rnn, torch.nn.LSTM)  # one module, one fused call for both layers
+    flat_before = list(net.rnn._flat_weights)
+    net.train()(torch.randint(0, 20, (3, 7)))
+    net.eval()(torch.randint(0, 20, (3, 7)))
+    assert all(a is b for a, b in zip(net.rnn._flat_weights, flat_before, strict=True))
+
+
+def test_embedding_dropout_drops_whole_characters() -> None:
+    torch.manual_seed(0)
+    net = CharRNN(20, NetworkConfig(hidden=16, embedding_dim=8, embedding_dropout=0.5)).train()
+    seen = {}
+    net.rnn.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    ids = torch.arange(20).repeat(3, 1)  # each character three times, in three sequences
+    net(ids)
+    dropped = (seen["x"] == 0).all(dim=-1)  # a zero vector: the character's row dropped
+    assert 0 < dropped[0].sum() < 20
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # every use of a dropped character
+    kept = ~dropped[0]
+    torch.testing.assert_close(seen["x"][0, kept], net.embedding.weight[kept] * 2)  # scaled by 1 / (1 - p)
+    net.eval()(ids)
+    assert torch.equal(seen["x"], net.embedding(ids))
+
+
+@pytest.mark.parametrize(
+    "setting, error",
+    [
+        ({"weight_drop": 1.0}, "model.weight_drop must be in \\[0, 1\\), got 1.0"),
+        ({"embedding_dropout": -0.1}, "model.embedding_dropout must be in"),
+        ({"embedding_dropout": 0.1, "embedding_dim": None}, "set an embedding_dim"),
+    ],
+)
+def test_dropout_settings_out_of_range_are_refused(setting: dict, error: str) -> None:
+    with pytest.raises(CharLMError, match=error):
+        CharRNN(20, NetworkConfig(**setting))
+
+
+def test_a_weight_dropped_model_trains_saves_and_writes(tmp_path: Path, text_file: Path) -> None:
+    best = train_tiny(
+        tmp_path,
+        text_file,
+        "model.num_layers=2",
+        "model.weight_drop=0.3",
+        "model.embedding_dropout=0.1",
+        "++trainer.max_steps=30",
+    )
+    assert best < math.log(len(set(text_file.read_text(encoding="utf-8"))))
+    model = load_model(tmp_path / "run")
+    assert model.net.weight_drop == 0.3 and model.net.embedding_dropout == 0.1
     assert len(generate(model, prompt="En ", length=20, seed=0)[0]) == 23

@@ -321,3 +321,33 @@ def test_compiled_and_mixed_precision_runs_train_as_the_plain_one(
     assert not load_model(tmp_path / "other" / "run").hparams.network[
         "compile"
     ]  # generation does not compile
+
+
+@pytest.mark.parametrize("patience, steps", [(0, 30), (2, 18)])
+def test_early_stopping_counts_validations_and_keeps_the_best_checkpoint(
+    tmp_path: Path, text_file: Path, patience: int, steps: int, caplog
+) -> None:
+    """Off by default. On, with no validation after the first counting as better (min_delta=10):
+    validations at 6 (the first best), 12 and 18 (two without a better one), and the run stops."""
+    cfg = compose_train(
+        ["data=textfile", f"data.path={text_file}", f"paths.output_dir={tmp_path}", "hidden=16", *TINY]
+        + ["++trainer.max_steps=30", "callbacks.early_stopping.min_delta=10"]
+        + [f"callbacks.early_stopping.patience={patience}"]
+    )
+    datamodule, model, trainer = build(cfg)
+    with caplog.at_level("INFO", logger="charlm"):
+        trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == steps
+    stopped = "early stopping at step 18: val/loss has not improved for 2 validations"
+    assert (stopped in caplog.text) == bool(patience)
+    # the best checkpoint is the lowest val loss of the run, whatever early stopping counted as better
+    checkpoint = trainer.checkpoint_callback
+    assert checkpoint.best_model_score == model.best_val_loss.compute()
+    assert Path(checkpoint.best_model_path).exists()
+
+
+def test_a_negative_patience_is_refused(tmp_path: Path, text_file: Path) -> None:
+    overrides = ["data=textfile", f"data.path={text_file}", f"paths.output_dir={tmp_path}"]
+    cfg = compose_train([*overrides, "callbacks.early_stopping.patience=-1"])
+    with pytest.raises(CharLMError, match="patience counts validations: 0 \\(off\\) or more, got -1"):
+        build(cfg)

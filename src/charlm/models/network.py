@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from charlm.errors import CharLMError
 from charlm.models.cells import ScratchRNN
@@ -99,6 +100,12 @@ class NetworkConfig:
     num_layers: int = resumable(2)
     # on the inputs, between layers and before the head
     dropout: float = 0.0
+    # DropConnect on the hidden-to-hidden weights (AWD-LSTM's weight drop): one mask per batch, the
+    # same at every character; the fused layer stays one cuDNN kernel
+    weight_drop: float = 0.0
+    # drops whole characters from the embedding (AWD-LSTM's embedding dropout): every use of a
+    # dropped character in a batch gets a zero vector; needs embedding_dim
+    embedding_dropout: float = 0.0
     # null feeds one-hot vectors, as some of the lessons do
     embedding_dim: int | None = resumable(64)
     # one dropout mask per sequence, not per character (AWD-LSTM's locked dropout); one module per layer
@@ -127,8 +134,14 @@ class NetworkConfig:
         for name in ("hidden", "num_layers"):
             if getattr(self, name) < 1:
                 raise CharLMError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise CharLMError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "weight_drop", "embedding_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise CharLMError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.embedding_dropout and not self.embedding_dim:
+            raise CharLMError(
+                "model.embedding_dropout drops rows of the embedding, and model.embedding_dim=null feeds "
+                "one-hot vectors instead: set an embedding_dim, or model.dropout for the inputs"
+            )
         if self.bidirectional:
             raise CharLMError(
                 "model.bidirectional=true cannot predict the next character: its backward pass reads the "
@@ -152,8 +165,10 @@ class CharRNN(nn.Module):
     `impl="scratch"` swaps torch.nn's fused layers for cells written out from their equations
     (`charlm.models.cells`), with the same weights. `locked_dropout` draws one dropout mask per
     sequence instead of one per character (AWD-LSTM); between layers that takes one module per
-    layer (`LayerStack`). `tie_weights` shares the embedding with the head, as language models do
-    (Press & Wolf 2017): it needs `embedding_dim == hidden`. `compile` is applied by `CharLM`.
+    layer (`LayerStack`). `weight_drop` and `embedding_dropout` are AWD-LSTM's DropConnect on the
+    recurrent weights and dropout of whole characters' embeddings. `tie_weights` shares the
+    embedding with the head, as language models do (Press & Wolf 2017): it needs
+    `embedding_dim == hidden`. `compile` is applied by `CharLM`.
     """
 
     def __init__(self, vocab_size: int, config: NetworkConfig | None = None):
@@ -185,13 +200,36 @@ class CharRNN(nn.Module):
             if config.unit_forget_bias:
                 open_forget_gates(layer)
         self.drop = LockedDropout(dropout) if config.locked_dropout else nn.Dropout(dropout)
+        self.weight_drop, self.embedding_dropout = config.weight_drop, config.embedding_dropout
         self.head = nn.Linear(hidden, vocab_size)
         if config.tie_weights:
             self.head.weight = self.embedding.weight
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Logits [batch, time, vocab] for ids [batch, time], and the final recurrent state."""
-        ids = ids.long()
-        x = self.embedding(ids) if self.embedding is not None else F.one_hot(ids, self.vocab_size)
-        out, state = self.rnn(self.drop(x.float()), state)
+        x = self.drop(self._embed(ids.long()))
+        if self.training and self.weight_drop:
+            out, state = functional_call(self.rnn, self._dropped_recurrent_weights(), (x, state))
+        else:
+            out, state = self.rnn(x, state)
         return self.head(self.drop(out)), state
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return F.one_hot(ids, self.vocab_size).float()
+        if not (self.training and self.embedding_dropout):
+            return self.embedding(ids)
+        weight = self.embedding.weight  # a character's row kept or dropped whole, scaled to keep the mean
+        keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - self.embedding_dropout)
+        return F.embedding(ids, weight * keep / (1 - self.embedding_dropout))
+
+    def _dropped_recurrent_weights(self) -> dict[str, torch.Tensor]:
+        """The hidden-to-hidden weights with dropout on them, a new mask each batch. They stand in
+        for the layers' own for one call (torch.func.functional_call), so that torch.nn's layer
+        runs as it is, one fused kernel per layer (cuDNN copies the weights in first), and its
+        parameters stay untouched, with the gradient flowing back to them through the mask."""
+        return {
+            name: F.dropout(weight, self.weight_drop)
+            for name, weight in self.rnn.named_parameters()
+            if name.rpartition(".")[2].startswith("weight_hh")
+        }

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning import callbacks
 
 from charlm.errors import CharLMError
 from charlm.models.lightning_module import writes_logs
@@ -94,6 +95,37 @@ class StopWhenDiverged(pl.Callback):
             + f"Lower optimizer.lr{f' (now {lr:g})' if lr is not None else ''}, "
             "or keep trainer.gradient_clip_val on (default 1.0)"
         )
+
+
+class EarlyStopping(callbacks.EarlyStopping):
+    """Lightning's EarlyStopping on val/loss: stop when `patience` validations in a row bring no new
+    best (lower by more than `min_delta`); 0, the default, is off. The best checkpoint stays the one
+    that is tested, reported and written from (`generate.py`). Divergence is StopWhenDiverged's."""
+
+    def __init__(self, patience: int = 0, min_delta: float = 0.0):
+        if patience < 0:
+            raise CharLMError(
+                f"callbacks.early_stopping.patience counts validations: 0 (off) or more, got {patience}"
+            )
+        super().__init__(
+            monitor="val/loss", mode="min", patience=patience, min_delta=min_delta, check_finite=False
+        )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.patience:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.patience:
+            return
+        super().on_validation_end(trainer, pl_module)
+        if trainer.should_stop and self.wait_count >= self.patience:
+            log.info(
+                "early stopping at step %d: val/loss has not improved for %d validations (best %.4f)",
+                trainer.global_step,
+                self.wait_count,
+                float(self.best_score),
+            )
 
 
 # Ctrl+C, and what `kill`, `timeout` and cluster schedulers send before they kill
