@@ -9,6 +9,7 @@ import pytest
 from conftest import TINY, run_train
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charlm.report import read_run
 
@@ -65,8 +66,24 @@ def test_parallel_and_submitit_launchers_give_the_basic_launchers_results(
         losses[launcher] = {
             d.name: read_run(d).val_loss for d in sweep.iterdir() if d.is_dir() and d.name[0] != "."
         }
+        if launcher == "parallel":  # each job in a process of its own, at the same time
+            (first_start, first_end), (second_start, second_end) = (
+                _training_span(sweep / job) for job in ("0_hidden=8", "1_hidden=12")
+            )
+            assert first_start < second_end and second_start < first_end
     assert list(losses["basic"]) == ["0_hidden=8", "1_hidden=12"]
     assert losses["parallel"] == losses["basic"] == losses["submitit_local"]
+
+
+def _training_span(run: Path) -> tuple[float, float]:
+    """When a run's training started and ended, by its TensorBoard events' wall times."""
+    starts, times = [], []
+    for events in run.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        starts.append(accumulator.FirstEventTimestamp())
+        times += [e.wall_time for tag in accumulator.Tags()["scalars"] for e in accumulator.Scalars(tag)]
+    return min(starts), max(times)
 
 
 def test_the_slurm_launcher_asks_for_a_task_and_a_gpu_per_ddp_rank() -> None:
