@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint benchmark tensorboard
+.PHONY: install demo test lint benchmark gpu-check tensorboard
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
@@ -29,6 +29,11 @@ lint: install
 benchmark: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/generate.py
+
+# On a GPU machine, about 8 minutes: every GPU figure of the README in one table. Without network,
+# as ../shared/gpu/README.md says: the project's .venv if there is one, else python3 (bootstrapped).
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs
