@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -113,6 +114,17 @@ def test_datamodule_batches(text_file: Path) -> None:
     assert not torch.equal(first_batch(0), torch.stack([dm.datasets["train"][i][0] for i in range(8)]))
     assert torch.equal(first_batch(0), first_batch(0))
     assert not torch.equal(first_batch(0), first_batch(1))
+
+
+@pytest.mark.parametrize("device, pinned", [("cuda", True), ("cpu", False)])
+def test_batches_for_a_gpu_are_page_locked(text_file: Path, device: str, pinned: bool) -> None:
+    """So that Lightning's copy to the device is asynchronous: from pageable memory the host would
+    wait for the device's queue at every batch (not seen on a CPU, hence the loader's setting)."""
+    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, batch_size=8))
+    dm.setup()
+    strategy = SimpleNamespace(root_device=torch.device(device), broadcast=lambda value: value)
+    dm.trainer = SimpleNamespace(strategy=strategy, global_rank=0, world_size=1, current_epoch=0)
+    assert dm.train_dataloader().pin_memory is dm.val_dataloader().pin_memory is pinned
 
 
 def test_stream_batches_continue_each_other_row_by_row() -> None:

@@ -181,6 +181,9 @@ class CharDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.config.num_workers,
             persistent_workers=self.config.num_workers > 0,
+            # page-locked batches: Lightning's copy to a GPU is then asynchronous; from pageable
+            # memory the host would wait for the device's queue at every batch
+            pin_memory=trainer is not None and trainer.strategy.root_device.type == "cuda",
             collate_fn=default_convert,  # __getitems__ already returns the stacked batch
             generator=torch.Generator(),  # leaves the global random state (dropout) to the model
         )
