@@ -7,6 +7,7 @@ printing each part's output as it comes and one table at the end:
 
 - the user's command, `train.py model=lstm data=quijote -m hidden=32,256`, with the basic launcher
   and with `hydra/launcher=parallel` (both jobs on the GPU at once): val loss and time per job;
+- `tests/test_gpu.py` (torch's sync debug mode over a real run, page-locked batches, weight drop on cuDNN);
 - `trainer=ddp` on one GPU (on two where there are two): the NCCL path;
 - `benchmarks/overhead.py --accelerator gpu` for the default model and for shakespeare_char's network;
 - `experiment=shakespeare_char` in full: best and final val loss, time;
@@ -92,6 +93,12 @@ def parts() -> list[Part]:
             train(*USER_COMMAND, "trainer=gpu", "hydra/launcher=parallel"),
             240,
             sweep_jobs,
+        ),
+        Part(
+            "GPU-only tests",
+            [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_gpu.py")],
+            120,
+            lines_like(r"^(?:FAILED .*|=* ?\d+ (?:passed|failed).*)$"),
         ),
         Part(
             f"trainer=ddp, {devices} GPU(s)",

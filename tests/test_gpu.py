@@ -1,0 +1,82 @@
+"""What only a GPU can show; skipped without one (`pytest tests/test_gpu.py` on the GPU machine)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, compose_train
+from test_host_syncs import SyncCounter
+
+from charlm.models.network import CharRNN, NetworkConfig
+from charlm.training.run import build
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class SyncWarnings(SyncCounter):
+    """Every synchronising CUDA call, as torch's sync debug mode reports them, by training batch."""
+
+    def __init__(self) -> None:  # no patching: torch itself reports the syncs
+        self.calls = {}
+        self.trainer = None
+
+    def show(self, message: Warning | str, *_: object, **__: object) -> None:
+        trainer = self.trainer
+        if trainer is not None and trainer.training and "synchroniz" in str(message):
+            batch = trainer.fit_loop.epoch_loop.batch_progress.total.ready
+            self.calls.setdefault(batch, []).append(str(message))
+
+
+def test_steps_that_do_not_log_make_no_host_sync_on_a_gpu(tmp_path: Path, text_file: Path) -> None:
+    cfg = compose_train(
+        [
+            "data=textfile",
+            f"data.path={text_file}",
+            f"paths.output_dir={tmp_path}",
+            "hidden=16",
+            *TINY,
+            "trainer.accelerator=gpu",
+            "++trainer.max_steps=23",
+            "++trainer.log_every_n_steps=5",
+            "++trainer.val_check_interval=10",
+            "callbacks.step_checkpoint.every_n_train_steps=7",
+            "model.dropout=0.1",
+        ]
+    )
+    datamodule, model, trainer = build(cfg)
+    counter = SyncWarnings()
+    trainer.callbacks.append(counter)
+    with warnings.catch_warnings():  # which puts showwarning back too
+        warnings.simplefilter("always")
+        warnings.showwarning = counter.show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.fit(model, datamodule=datamodule)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert counter.calls, "torch reported no sync at all: the steps that log read the loss"
+    may_sync = {5, 10, 15, 20, 23} | {7, 14, 21}
+    found = {b: c for b, c in counter.calls.items() if b and b not in may_sync}
+    assert not found, found
+
+
+def test_gpu_batches_are_page_locked(tmp_path: Path, text_file: Path) -> None:
+    overrides = ["data=textfile", f"data.path={text_file}", f"paths.output_dir={tmp_path}", *TINY]
+    cfg = compose_train([*overrides, "trainer.accelerator=gpu"])
+    datamodule, model, trainer = build(cfg)
+    datamodule.trainer = trainer
+    inputs, _ = next(iter(datamodule.train_dataloader()))
+    assert inputs.is_pinned()
+
+
+def test_weight_drop_on_cudnn_matches_the_scratch_cells() -> None:
+    outputs = {}
+    for impl in ("fused", "scratch"):
+        torch.manual_seed(0)
+        config = NetworkConfig(hidden=32, num_layers=2, embedding_dim=8, weight_drop=0.3, impl=impl)
+        net = CharRNN(20, config).cuda().train()
+        outputs[impl] = net(torch.arange(20, device="cuda").view(2, 10))[0]
+    torch.testing.assert_close(outputs["fused"], outputs["scratch"], rtol=1e-3, atol=1e-3)
