@@ -1,18 +1,19 @@
-"""One call that checks the GPU path and prints its figures: `make gpu-check` (about 8 minutes).
+"""One call that checks the GPU path and prints its figures: `make gpu-check` (8 minutes at most).
 
     python benchmarks/gpu_check.py [--budget 480] [--only overhead,precision]
 
-Runs, each part in its own process with its own timeout (and none past `--budget` seconds in all),
-printing each part's output as it comes and one table at the end:
+Runs, each part in its own process with its own timeout (and none past `--budget` seconds in all:
+the parts left when it runs out are listed as skipped; `--only` runs those), printing each part's
+output as it comes and one table at the end:
 
-- the user's command, `train.py model=lstm data=quijote -m hidden=32,256`, with the basic launcher
-  and with `hydra/launcher=parallel` (both jobs on the GPU at once): val loss and time per job;
-- `tests/test_gpu.py` (torch's sync debug mode over a real run, page-locked batches, weight drop on cuDNN);
-- `trainer=ddp` on one GPU (on two where there are two): the NCCL path;
-- `benchmarks/overhead.py --accelerator gpu` for the default model and for shakespeare_char's network;
-- `experiment=shakespeare_char` in full: best and final val loss, time;
-- `benchmarks/precision.py` for both models; `benchmarks/backbones.py` (fused, scratch, and compiled
-  for one row); `benchmarks/generate.py` on the GPU.
+1. `tests/test_gpu.py`: torch's sync debug mode over a real run, page-locked batches, weight drop on cuDNN;
+2. `experiment=shakespeare_char` in full: best and final val loss, time;
+3. the user's command, `train.py model=lstm data=quijote -m hidden=32,256`: val loss and time per job;
+4. `benchmarks/overhead.py --accelerator gpu` for the default model and for shakespeare_char's network;
+5. the user's command with `hydra/launcher=parallel`, both jobs on the GPU at once;
+6. `trainer=ddp` on one GPU (on two where there are two): the NCCL path;
+7. `benchmarks/precision.py` for both models, `benchmarks/backbones.py` (fused and scratch),
+   `benchmarks/generate.py` on the GPU, and last the compiled scratch cells (one row).
 
 The corpora must be in data/ (quijote.txt, tinyshakespeare.txt): a GPU machine without network
 cannot download them. ../shared/gpu/README.md says how to carry them and the few packages such a
@@ -86,45 +87,46 @@ def parts() -> list[Part]:
     devices = min(torch.cuda.device_count(), 2) or 1
     ratio = lines_like(r"^(?:plain loop|pipeline|ratio).*$")
     table_rows = lines_like(r"^\| (?!precision|cell|---).*\|$")
+    # the most telling first: what runs out of the budget is skipped, and says so
     return [
-        Part("user command, basic launcher", train(*USER_COMMAND, "trainer=gpu"), 240, sweep_jobs),
-        Part(
-            "user command, parallel launcher",
-            train(*USER_COMMAND, "trainer=gpu", "hydra/launcher=parallel"),
-            240,
-            sweep_jobs,
-        ),
         Part(
             "GPU-only tests",
             [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_gpu.py")],
             120,
             lines_like(r"^(?:FAILED .*|=* ?\d+ (?:passed|failed).*)$"),
         ),
-        Part(
-            f"trainer=ddp, {devices} GPU(s)",
-            train("data=quijote", "trainer=ddp", f"trainer.devices={devices}", "trainer.max_epochs=1"),
-            150,
-            one_run,
-        ),
+        Part("experiment=shakespeare_char", train("experiment=shakespeare_char"), 300, one_run),
+        Part("user command, basic launcher", train(*USER_COMMAND, "trainer=gpu"), 150, sweep_jobs),
         Part(
             "overhead, default model",
             bench("overhead.py", "--accelerator", "gpu", "--repeats", "2"),
-            150,
+            90,
             ratio,
         ),
         Part(
             "overhead, shakespeare_char network",
             bench("overhead.py", "--accelerator", "gpu", "--experiment", "shakespeare_char", "--steps", "60")
             + ["--repeats", "2"],
-            150,
+            90,
             ratio,
         ),
-        Part("experiment=shakespeare_char", train("experiment=shakespeare_char"), 420, one_run),
-        Part("precision, default model", bench("precision.py", "--steps", "200"), 150, table_rows),
+        Part(
+            "user command, parallel launcher",
+            train(*USER_COMMAND, "trainer=gpu", "hydra/launcher=parallel"),
+            150,
+            sweep_jobs,
+        ),
+        Part(
+            f"trainer=ddp, {devices} GPU(s)",
+            train("data=quijote", "trainer=ddp", f"trainer.devices={devices}", "trainer.max_epochs=1"),
+            90,
+            one_run,
+        ),
+        Part("precision, default model", bench("precision.py", "--steps", "150"), 90, table_rows),
         Part(
             "precision, shakespeare_char",
-            bench("precision.py", "--experiment", "shakespeare_char", "--steps", "100"),
-            180,
+            bench("precision.py", "--experiment", "shakespeare_char", "--steps", "60"),
+            120,
             table_rows,
         ),
         Part(
@@ -140,9 +142,10 @@ def parts() -> list[Part]:
                 "--seconds",
                 "1",
             ),
-            120,
+            60,
             table_rows,
         ),
+        Part("generation", bench("generate.py", "--device", "cuda"), 45, lines_like(r"^\s+\d[\d,]* .*x$")),
         Part(
             "backbones (compiled)",
             bench("backbones.py", "--device", "cuda", "--cells", "lstm", "--hidden", "256", "--compile")
@@ -150,7 +153,6 @@ def parts() -> list[Part]:
             120,
             table_rows,
         ),
-        Part("generation", bench("generate.py", "--device", "cuda"), 90, lines_like(r"^\s+\d[\d,]* .*x$")),
     ]
 
 

@@ -6,8 +6,8 @@
 Each precision trains the same network from the same seed on the same batches for `--steps` steps
 through `train.py`'s pipeline (`build`, then `fit`), then scores the first `--val-batches` batches of
 the val split. chars/s is the run's own figure, `train/lengths / train/time` (the device's time,
-validation left out), so the first steps (cuDNN's autotuning, the allocator warming up) count alike
-for all. Precisions: `32-true` (float32; cuDNN's recurrent kernels use TF32 tensor cores by
+validation left out), after a discarded warm-up run that pays CUDA's and cuDNN's start-up.
+Precisions: `32-true` (float32; cuDNN's recurrent kernels use TF32 tensor cores by
 default), `tf32` (32-true with `torch.set_float32_matmul_precision("high")`, so the embedding and the
 head's matrix products use TF32 too), `bf16-mixed` and `16-mixed` (autocast; 16-mixed scales the
 loss). Rows print as they are measured.
@@ -29,12 +29,13 @@ from charlm.training import run_dirs
 from charlm.training.run import build
 
 
-def measure(overrides: list[str], precision: str) -> tuple[float, float]:
+def measure(overrides: list[str], precision: str, steps: int) -> tuple[float, float]:
     """(chars/s, val loss) of one short run at `precision`."""
     torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
     trainer_precision = "32-true" if precision == "tf32" else precision
     out_dir = Path(tempfile.mkdtemp())
     run = [*overrides, f"trainer.precision={trainer_precision}", f"paths.output_dir={out_dir}"]
+    run.append(f"trainer.max_steps={steps}")
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=run)
     datamodule, model, trainer = build(cfg)
@@ -62,7 +63,6 @@ def main() -> None:
         f"trainer.accelerator={args.accelerator}",
         f"paths.data_dir={data_dir}",
         "trainer.max_epochs=null",
-        f"trainer.max_steps={args.steps}",
         "trainer.val_check_interval=null",
         f"++trainer.limit_val_batches={args.val_batches}",
         "++trainer.num_sanity_val_steps=0",
@@ -80,9 +80,10 @@ def main() -> None:
     model = args.experiment or "default model"
     print(f"{model} on {corpus}, {args.steps} steps, {device}, torch {torch.__version__}")
     print("| precision | chars/s | val loss | chars/s vs 32-true |\n|---|--:|--:|--:|", flush=True)
+    measure(overrides, "32-true", 20)  # CUDA's and cuDNN's start-up, not to be charged to the first row
     baseline = None
     for precision in args.precisions.split(","):
-        speed, val_loss = measure(overrides, precision)
+        speed, val_loss = measure(overrides, precision, args.steps)
         baseline = baseline or speed
         print(f"| {precision} | {speed:,.0f} | {val_loss:.4f} | {speed / baseline:.2f}x |", flush=True)
     shutil.rmtree(data_dir, ignore_errors=True)

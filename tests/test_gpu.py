@@ -72,11 +72,32 @@ def test_gpu_batches_are_page_locked(tmp_path: Path, text_file: Path) -> None:
     assert inputs.is_pinned()
 
 
-def test_weight_drop_on_cudnn_matches_the_scratch_cells() -> None:
-    outputs = {}
+def recurrent_kernel(output: torch.Tensor) -> str:
+    """The backward node of the kernel that made a torch.nn RNN's output (under batch_first's transpose)."""
+    node = output.grad_fn
+    while node is not None and "Rnn" not in node.name():
+        node = node.next_functions[0][0]
+    return node.name() if node is not None else "none"
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_weight_drop_on_cudnn_matches_the_scratch_cells(locked: bool) -> None:
+    """The same masks, outputs and gradients; each fused layer still runs as a cuDNN kernel."""
+    results, kernels = {}, []
+    ids = torch.arange(20, device="cuda").view(2, 10)
     for impl in ("fused", "scratch"):
         torch.manual_seed(0)
-        config = NetworkConfig(hidden=32, num_layers=2, embedding_dim=8, weight_drop=0.3, impl=impl)
+        config = NetworkConfig(
+            hidden=32, num_layers=2, embedding_dim=8, weight_drop=0.3, locked_dropout=locked, impl=impl
+        )
         net = CharRNN(20, config).cuda().train()
-        outputs[impl] = net(torch.arange(20, device="cuda").view(2, 10))[0]
-    torch.testing.assert_close(outputs["fused"], outputs["scratch"], rtol=1e-3, atol=1e-3)
+        for module in net.modules():
+            if isinstance(module, torch.nn.LSTM):
+                module.register_forward_hook(lambda m, args, out: kernels.append(recurrent_kernel(out[0])))
+        logits, _ = net(ids)
+        logits.square().sum().backward()
+        results[impl] = (logits, {n: p.grad for n, p in net.named_parameters()})
+    assert kernels and all("Cudnn" in name for name in kernels), kernels
+    torch.testing.assert_close(results["fused"][0], results["scratch"][0], rtol=1e-3, atol=1e-3)
+    for name, grad in results["fused"][1].items():
+        torch.testing.assert_close(grad, results["scratch"][1][name], rtol=1e-3, atol=1e-3)

@@ -9,16 +9,20 @@ run with the default callbacks, the progress bar and the TensorBoard logger on.
 
 from __future__ import annotations
 
+import signal
 import traceback
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import TINY, compose_train
+from pytorch_lightning.loops.training_epoch_loop import _TrainingEpochLoop
 
+from charlm.training.callbacks.stopping import SaveOnInterrupt
 from charlm.training.run import build
 
 # what waits for the device when the tensor (or the stream) is a GPU's
@@ -103,3 +107,20 @@ def test_steps_that_do_not_log_make_no_host_sync(tmp_path: Path, text_file: Path
     assert counter.calls[5], "the counter saw nothing: the bar reads the loss at a step that logs"
     sources = {call for calls in found.values() for call in calls}
     assert not found, f"syncs on batches {sorted(found)}:\n\n" + "\n\n".join(sorted(sources))
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_ddp_leaves_out_lightnings_per_step_sigterm_broadcast(world_size: int) -> None:
+    """Lightning broadcasts rank 0's SIGTERM flag and reads it back at every DDP step (a wait for the
+    GPU). While SaveOnInterrupt's handler stands in for Lightning's, that flag is never set."""
+    assert hasattr(_TrainingEpochLoop, "_broadcast_sigterm_tensor")  # if Lightning renames it: look again
+    loop = SimpleNamespace()
+    trainer = SimpleNamespace(world_size=world_size, fit_loop=SimpleNamespace(epoch_loop=loop))
+    callback = SaveOnInterrupt()
+    callback.on_train_start(trainer, None)
+    try:
+        assert signal.getsignal(signal.SIGTERM) == callback._ask
+        assert hasattr(loop, "_broadcast_sigterm_tensor") == (world_size > 1)
+    finally:
+        callback.on_fit_end(trainer, None)
+    assert not hasattr(loop, "_broadcast_sigterm_tensor")  # Lightning's own again, with its handler

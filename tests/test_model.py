@@ -323,22 +323,35 @@ def test_compiled_and_mixed_precision_runs_train_as_the_plain_one(
     ]  # generation does not compile
 
 
-@pytest.mark.parametrize("patience, steps", [(0, 30), (2, 18)])
+@pytest.mark.parametrize(
+    "patience, every, steps",
+    [
+        (0, 6, 30),
+        # validations at 6 (the first best), 12 and 18 (two without a better one): stopped
+        (2, 6, 18),
+        # at the ends of epochs (of 15 steps: batches of 64)
+        (2, "null", 45),
+    ],
+)
 def test_early_stopping_counts_validations_and_keeps_the_best_checkpoint(
-    tmp_path: Path, text_file: Path, patience: int, steps: int, caplog
+    tmp_path: Path, text_file: Path, patience: int, every: int | str, steps: int, caplog
 ) -> None:
-    """Off by default. On, with no validation after the first counting as better (min_delta=10):
-    validations at 6 (the first best), 12 and 18 (two without a better one), and the run stops."""
+    """Off by default. On, with no validation after the first counting as better (min_delta=10)."""
     cfg = compose_train(
         ["data=textfile", f"data.path={text_file}", f"paths.output_dir={tmp_path}", "hidden=16", *TINY]
-        + ["++trainer.max_steps=30", "callbacks.early_stopping.min_delta=10"]
+        + (
+            ["++trainer.max_steps=100", "data.batch_size=64"]
+            if every == "null"
+            else ["++trainer.max_steps=30"]
+        )
+        + [f"++trainer.val_check_interval={every}", "callbacks.early_stopping.min_delta=10"]
         + [f"callbacks.early_stopping.patience={patience}"]
     )
     datamodule, model, trainer = build(cfg)
     with caplog.at_level("INFO", logger="charlm"):
         trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == steps
-    stopped = "early stopping at step 18: val/loss has not improved for 2 validations"
+    stopped = f"early stopping at step {steps}: val/loss has not improved for 2 validations"
     assert (stopped in caplog.text) == bool(patience)
     # the best checkpoint is the lowest val loss of the run, whatever early stopping counted as better
     checkpoint = trainer.checkpoint_callback
@@ -351,3 +364,40 @@ def test_a_negative_patience_is_refused(tmp_path: Path, text_file: Path) -> None
     cfg = compose_train([*overrides, "callbacks.early_stopping.patience=-1"])
     with pytest.raises(CharLMError, match="patience counts validations: 0 \\(off\\) or more, got -1"):
         build(cfg)
+
+
+def test_a_resumed_run_keeps_the_patience_it_is_given(tmp_path: Path, text_file: Path) -> None:
+    """Lightning would take the checkpoint's patience (0: off) over the one on the command line."""
+    common = [
+        "data=textfile",
+        f"data.path={text_file}",
+        "hidden=16",
+        *TINY,
+        "callbacks.early_stopping.min_delta=10",
+    ]
+    first = compose_train([*common, f"paths.output_dir={tmp_path / 'first'}"])
+    datamodule, model, trainer = build(first)
+    trainer.fit(model, datamodule=datamodule)  # 12 steps, early stopping off
+    resumed = compose_train(
+        [*common, f"paths.output_dir={tmp_path / 'resumed'}", "++trainer.max_steps=60"]
+        + ["callbacks.early_stopping.patience=2"]
+    )
+    datamodule, model, trainer = build(resumed)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=tmp_path / "first" / "checkpoints" / "last.ckpt")
+    assert trainer.global_step == 30  # 18 the first best it saw, 24 and 30 no better: stopped
+
+
+def test_with_gradient_accumulation_each_write_is_the_mean_of_every_batch_since_the_last(
+    tmp_path: Path, text_file: Path
+) -> None:
+    cfg = compose_train(
+        ["data=textfile", f"data.path={text_file}", f"paths.output_dir={tmp_path}", "hidden=16", *TINY]
+        + ["++trainer.accumulate_grad_batches=3", "++trainer.log_every_n_steps=5", "++trainer.max_steps=10"]
+    )
+    datamodule, model, trainer = build(cfg)
+    seen, update = [], model.train_scores.update
+    model.train_scores.update = lambda loss, chars: (seen.append(float(loss)), update(loss, chars))
+    trainer.fit(model, datamodule=datamodule)
+    assert len(seen) == 30  # 10 optimizer steps of 3 batches
+    written = scalars(tmp_path)["train/loss"]
+    assert written == pytest.approx([sum(seen[:15]) / 15, sum(seen[15:]) / 15], rel=1e-5)

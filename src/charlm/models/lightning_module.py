@@ -22,17 +22,20 @@ from charlm.models.optimization import OptimizerConfig
 
 
 def writes_logs(trainer: pl.Trainer) -> bool:
-    """Whether this training step's scores are written: on the steps Lightning writes logs (its own
-    test, with the public step count), and at the last batch of an epoch or of the run, whose
-    batches' mean would otherwise be lost.
+    """Whether this training step's scores are written: where Lightning writes step logs (its own
+    test, with the public step count: every `log_every_n_steps` optimizer steps, and when the run
+    is stopping), which includes the last step of a run that `max_steps` ends. Never on a batch that
+    only accumulates gradients: Lightning writes nothing there.
 
     These are the only training steps that may wait for the device (read a loss, a clock after a
     sync): the progress bar, the throughput and the divergence check read them there. Ask before
     the step's optimizer step (`on_train_batch_start`, `training_step`): it moves the step count.
     """
+    if trainer.fit_loop._should_accumulate():  # Lightning's own test, in its logger connector
+        return False
     step, every = trainer.global_step + 1, trainer.log_every_n_steps
     on_schedule = bool(every) and (step % every == 0 or trainer.should_stop)
-    return on_schedule or trainer.is_last_batch or 0 < trainer.max_steps <= step
+    return on_schedule or 0 < trainer.max_steps <= step
 
 
 class CharLM(pl.LightningModule):

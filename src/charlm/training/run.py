@@ -44,6 +44,9 @@ def quiet_library_warnings() -> None:
     # ThroughputMonitor asking for FLOPs: characters per second is the figure here
     warnings.filterwarnings("ignore", ".*`flops_per_batch` attribute.*")
     # DDP: charlm's scores are torchmetrics, already reduced over the ranks when they are logged
+    # model.weight_drop hands cuDNN masked copies of the recurrent weights, which it packs at each
+    # call (as for AWD-LSTM): expected, and the fused kernel still runs
+    warnings.filterwarnings("ignore", ".*not part of single contiguous chunk of memory.*")
     warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     # Lightning's own all_gather call
     warnings.filterwarnings("ignore", ".*torch.distributed.nn.functional.all_gather is deprecated.*")

@@ -99,8 +99,9 @@ class StopWhenDiverged(pl.Callback):
 
 class EarlyStopping(callbacks.EarlyStopping):
     """Lightning's EarlyStopping on val/loss: stop when `patience` validations in a row bring no new
-    best (lower by more than `min_delta`); 0, the default, is off. The best checkpoint stays the one
-    that is tested, reported and written from (`generate.py`). Divergence is StopWhenDiverged's."""
+    best (lower by more than `min_delta`); 0, the default, is off. Checked after every validation,
+    mid-epoch ones too. The best checkpoint stays the one that is tested, reported and written from
+    (`generate.py`). Divergence is StopWhenDiverged's."""
 
     def __init__(self, patience: int = 0, min_delta: float = 0.0):
         if patience < 0:
@@ -108,12 +109,13 @@ class EarlyStopping(callbacks.EarlyStopping):
                 f"callbacks.early_stopping.patience counts validations: 0 (off) or more, got {patience}"
             )
         super().__init__(
-            monitor="val/loss", mode="min", patience=patience, min_delta=min_delta, check_finite=False
+            monitor="val/loss",
+            mode="min",
+            patience=patience,
+            min_delta=min_delta,
+            check_finite=False,
+            check_on_train_epoch_end=False,  # at every validation's end, not the epoch's
         )
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.patience:
-            super().on_train_epoch_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.patience:
@@ -127,6 +129,15 @@ class EarlyStopping(callbacks.EarlyStopping):
                 float(self.best_score),
             )
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # the checkpoint's record (best, validations since), but the patience this run was given
+        super().load_state_dict({**state_dict, "patience": self.patience})
+
+
+def _no_sigterm_broadcast() -> None:
+    """Lightning's per-step broadcast of its SIGTERM flag, with SaveOnInterrupt's handler in place of
+    the one that sets it: nothing to send (see SaveOnInterrupt)."""
+
 
 # Ctrl+C, and what `kill`, `timeout` and cluster schedulers send before they kill
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -139,11 +150,18 @@ class SaveOnInterrupt(pl.Callback):
     The checkpoint is taken between steps, where the step checkpoints are, so `ckpt_path=<run dir>`
     resumes exactly, with no step lost; during a validation, at its end. Lightning's default would
     stop mid-step and save nothing.
+
+    Under DDP the ranks agree on stopping at the steps that log only (a collective, which waits for
+    the devices), so they stop up to `trainer.log_every_n_steps` steps after the signal. Lightning
+    broadcasts its own SIGTERM flag from rank 0 and reads it back at every step, a wait for the
+    GPU each time; with this callback's handler in its place that flag is never set, so the
+    broadcast is left out while training.
     """
 
     def __init__(self) -> None:
         self._asked = self._check_now = False
         self._previous: dict[int, Any] = {}
+        self._loop: Any = None  # the training loop whose SIGTERM broadcast is left out
 
     def _ask(self, signum: int, frame: Any) -> None:
         self._asked = True
@@ -154,6 +172,9 @@ class SaveOnInterrupt(pl.Callback):
             if signal.getsignal(signum) == self._ask:
                 signal.signal(signum, handler)
         self._previous = {}
+        if self._loop is not None:  # Lightning's own broadcast again, for its own handler
+            vars(self._loop).pop("_broadcast_sigterm_tensor", None)
+            self._loop = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # here, not at fit start: Lightning takes a note of the handlers before training and puts
@@ -161,6 +182,9 @@ class SaveOnInterrupt(pl.Callback):
         self._asked = False
         if threading.current_thread() is threading.main_thread():  # where Python delivers signals
             self._previous = {signum: signal.signal(signum, self._ask) for signum in STOP_SIGNALS}
+            if trainer.world_size > 1:
+                self._loop = trainer.fit_loop.epoch_loop
+                self._loop._broadcast_sigterm_tensor = _no_sigterm_broadcast
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
