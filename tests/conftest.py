@@ -73,8 +73,14 @@ def quijote_dir(tmp_path: Path) -> tuple[Path, list[str]]:
     return data_dir, [f"data.corpus.sha256={digest}"]
 
 
-# For the entry points run as subprocesses: library warnings off, a terminal wide enough for the bar.
-SUBPROCESS_ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "120"}
+# For the entry points run as subprocesses: library warnings off, a terminal wide enough for the bar,
+# and tests/ on the path for the callbacks of probes.py (`+callbacks.<name>._target_=probes.<Name>`).
+SUBPROCESS_ENV = {
+    **os.environ,
+    "PYTHONWARNINGS": "ignore",
+    "COLUMNS": "120",
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")])),
+}
 
 
 def run_train(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

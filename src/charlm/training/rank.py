@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from charlm import config
 from charlm.training import run_dirs
+from charlm.training.ddp import end_with_launcher
 from charlm.training.run import train_job
 
 
@@ -19,6 +20,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    end_with_launcher()  # rank 0, killed, could not end this rank itself
     config.register()
     run_dirs.register()
     main()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from charlm.models.lightning_module import CharLM
 from charlm.models.network import NetworkConfig
 from charlm.report.events import ERROR_FILE
 from charlm.report.summary import RunSummary, job_name
-from charlm.training.ddp import RANK_OF_SWEEP_JOB, ranks_of_one_job
+from charlm.training.ddp import ranks_of_one_job
 from charlm.training.resume import check_resumable
 from charlm.training.saving import AtomicCheckpointIO
 
@@ -44,10 +43,10 @@ def quiet_library_warnings() -> None:
     # ThroughputMonitor asking for FLOPs: characters per second is the figure here
     warnings.filterwarnings("ignore", ".*`flops_per_batch` attribute.*")
     # DDP: charlm's scores are torchmetrics, already reduced over the ranks when they are logged
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     # model.weight_drop hands cuDNN masked copies of the recurrent weights, which it packs at each
     # call (as for AWD-LSTM): expected, and the fused kernel still runs
     warnings.filterwarnings("ignore", ".*not part of single contiguous chunk of memory.*")
-    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
     # Lightning's own all_gather call
     warnings.filterwarnings("ignore", ".*torch.distributed.nn.functional.all_gather is deprecated.*")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_no_litlogger)  # once: same filter
@@ -80,7 +79,9 @@ def _callbacks(cfg: DictConfig, loggers: list[Any]) -> list[pl.Callback]:
 def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
     """Seed, then make the data (vocabulary saved in the run directory), model and trainer."""
     quiet_library_warnings()  # here: every way into a run (train.py, a DDP rank, a notebook) builds it
-    if cfg.get("seed") is not None:  # seed 0 is a seed too
+    # every DDP rank alike, for the same initial weights (callbacks.random_state then sets the
+    # ranks' dropout apart); seed 0 is a seed too
+    if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = CharDataModule(typed(cfg.data, DataConfig))
@@ -112,14 +113,9 @@ def train_job(cfg: DictConfig) -> float | None:
     """`train`, except that in a multirun a failing job is logged (one line, and `error.txt` in its
     directory for the sweep report) and the sweep goes on with the next job."""
     try:
-        with ranks_of_one_job():
+        with ranks_of_one_job():  # DDP: a failing rank 1.. exits there, and rank 0 names it
             return train(cfg)
     except Exception as err:  # one job's failure must not cost the sweep its other jobs
-        if os.environ.get(RANK_OF_SWEEP_JOB) and rank_zero_only.rank != 0:
-            # DDP rank 1.. of a sweep's job: rank 0 reports the failure. Exiting with an error would
-            # make Lightning's process watcher on rank 0 kill it, and with it the sweep.
-            log.error("rank %d: job failed: %s: %s", rank_zero_only.rank, type(err).__name__, err)
-            return None
         if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
         if isinstance(err, CharLMError):
