@@ -121,6 +121,11 @@ def test_ddp_leaves_out_lightnings_per_step_sigterm_broadcast(world_size: int) -
     try:
         assert signal.getsignal(signal.SIGTERM) == callback._ask
         assert hasattr(loop, "_broadcast_sigterm_tensor") == (world_size > 1)
+        callback._ask(signal.SIGTERM, None)  # a signal: the next one goes to the handler before
+        assert signal.getsignal(signal.SIGTERM) != callback._ask
+        # but the broadcast stays out until the fit ends: the ranks take their signals at different
+        # steps, and one rank broadcasting again before another would pair the wrong collectives
+        assert hasattr(loop, "_broadcast_sigterm_tensor") == (world_size > 1)
     finally:
         callback.on_fit_end(trainer, None)
     assert not hasattr(loop, "_broadcast_sigterm_tensor")  # Lightning's own again, with its handler

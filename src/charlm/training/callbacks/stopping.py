@@ -165,13 +165,19 @@ class SaveOnInterrupt(pl.Callback):
 
     def _ask(self, signum: int, frame: Any) -> None:
         self._asked = True
-        self._restore()  # the next one goes through at once
+        # The next one goes through at once. Lightning's broadcast stays left out until the fit
+        # ends: the ranks take their signals at different steps, and a collective that one rank
+        # starts again before another would pair with the wrong one, and hang.
+        self._restore_handlers()
 
-    def _restore(self) -> None:
+    def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
             if signal.getsignal(signum) == self._ask:
                 signal.signal(signum, handler)
         self._previous = {}
+
+    def _restore(self) -> None:
+        self._restore_handlers()
         if self._loop is not None:  # Lightning's own broadcast again, for its own handler
             vars(self._loop).pop("_broadcast_sigterm_tensor", None)
             self._loop = None
