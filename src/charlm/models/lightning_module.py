@@ -28,12 +28,13 @@ def writes_logs(trainer: pl.Trainer) -> bool:
     only accumulates gradients: Lightning writes nothing there.
 
     These are the only training steps that may wait for the device (read a loss, a clock after a
-    sync): the progress bar, the throughput and the divergence check read them there. Ask before
-    the step's optimizer step (`on_train_batch_start`, `training_step`): it moves the step count.
+    sync): the progress bar, the throughput and the divergence check read them there. The answer
+    holds from the batch's start to its end: the count is of the batches that stepped before this
+    one (Lightning's own, moved after the batch's hooks), not the optimizer's step count.
     """
     if trainer.fit_loop._should_accumulate():  # Lightning's own test, in its logger connector
         return False
-    step, every = trainer.global_step + 1, trainer.log_every_n_steps
+    step, every = trainer.fit_loop.epoch_loop._batches_that_stepped + 1, trainer.log_every_n_steps
     on_schedule = bool(every) and (step % every == 0 or trainer.should_stop)
     return on_schedule or 0 < trainer.max_steps <= step
 

@@ -47,14 +47,10 @@ class StopWhenDiverged(pl.Callback):
     def __init__(self) -> None:
         self._first_bad: torch.Tensor | None = None  # the step of the first non-finite loss; -1: none
         self._bad_loss: torch.Tensor | None = None
-        self._check_now = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._first_bad = torch.tensor(-1, device=pl_module.device)
         self._bad_loss = torch.tensor(0.0, device=pl_module.device)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *_: Any) -> None:
-        self._check_now = writes_logs(trainer)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *_: Any
@@ -65,7 +61,7 @@ class StopWhenDiverged(pl.Callback):
             first = (self._first_bad < 0) & ~torch.isfinite(loss)
             self._first_bad = torch.where(first, trainer.global_step, self._first_bad)
             self._bad_loss = torch.where(first, loss, self._bad_loss)
-        if self._check_now:
+        if writes_logs(trainer):
             self._stop_if_diverged(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -159,7 +155,7 @@ class SaveOnInterrupt(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._asked = self._check_now = False
+        self._asked = False
         self._previous: dict[int, Any] = {}
         self._loop: Any = None  # the training loop whose SIGTERM broadcast is left out
 
@@ -200,13 +196,10 @@ class SaveOnInterrupt(pl.Callback):
     ) -> None:
         self._restore()  # a failed job must not leave the next job of a sweep its handler
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
         # One process reads its own flag. Ranks must agree, in a collective that waits for the
         # devices: at the steps that log only, so DDP stops up to trainer.log_every_n_steps later.
-        self._check_now = trainer.world_size == 1 or writes_logs(trainer)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
-        if self._check_now:
+        if trainer.world_size == 1 or writes_logs(trainer):
             self._stop_if_asked(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

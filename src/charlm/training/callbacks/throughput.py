@@ -23,7 +23,6 @@ class TrainingThroughput(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._logs_now = False
         self._chars = 0
         self._started = self._paused_at = 0.0
         self._paused = 0.0  # seconds of validation since the start
@@ -41,14 +40,11 @@ class TrainingThroughput(pl.Callback):
         self._chars, self._paused, self._last = 0, 0.0, (0, 0.0)
         self._started = self._now(trainer)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *_: Any) -> None:
-        self._logs_now = writes_logs(trainer)
-
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         self._chars += batch[0].numel()  # a shape: known on the host
-        if not self._logs_now:
+        if not writes_logs(trainer):
             return
         seconds = self._seconds(trainer)
         chars_then, seconds_then = self._last
