@@ -261,6 +261,19 @@ def test_a_checkpoint_of_fewer_ranks_gives_its_state_to_rank_0_alone() -> None:
         assert torch.equal(drawn, expected if rank == 0 else torch.rand(3))
 
 
+def failing_at_step_2(text_file: Path) -> list[str]:
+    """A tiny ddp_sim run whose probe fails at step 2 on the rank `+callbacks.fail.rank` names."""
+    return [
+        *DDP_TINY,
+        "data=textfile",
+        f"data.path={text_file}",
+        "data.batch_size=4",
+        "trainer=ddp_sim",
+        "+callbacks.fail._target_=probes.FailAt",
+        "+callbacks.fail.step=2",
+    ]
+
+
 @pytest.mark.parametrize("rank", [1, 0])
 def test_a_failure_on_one_rank_ends_every_rank_within_seconds(
     tmp_path: Path, text_file: Path, rank: int
@@ -268,17 +281,7 @@ def test_a_failure_on_one_rank_ends_every_rank_within_seconds(
     """The other rank waits at the failing step forever, as a rank blocked in an NCCL collective does
     (gloo's fail by themselves): rank 0 kills it when rank 0 fails, and rank 0's watch ends rank 0
     when rank 1 fails. The error is printed once, by the rank that had it."""
-    args = [
-        *DDP_TINY,
-        "data=textfile",
-        f"data.path={text_file}",
-        "data.batch_size=4",
-        "trainer=ddp_sim",
-        "+callbacks.fail._target_=probes.FailAt",
-        f"+callbacks.fail.rank={rank}",
-        "+callbacks.fail.step=2",
-        "+callbacks.fail.others_wait=true",
-    ]
+    args = [*failing_at_step_2(text_file), f"+callbacks.fail.rank={rank}", "+callbacks.fail.others_wait=true"]
     started = time.monotonic()
     result = run_train(args, tmp_path)
     seconds = time.monotonic() - started
@@ -294,17 +297,7 @@ def test_a_failure_on_one_rank_ends_every_rank_within_seconds(
 def test_a_sweep_goes_on_after_a_job_that_failed_on_one_rank(tmp_path: Path, text_file: Path) -> None:
     """Rank 1 fails alone: rank 0's next collective fails (gloo), and rank 0 names rank 1 as the
     cause rather than its own broken connection; then the next job runs, with ranks of its own."""
-    args = [
-        *DDP_TINY,
-        "data=textfile",
-        f"data.path={text_file}",
-        "data.batch_size=4",
-        "trainer=ddp_sim",
-        "+callbacks.fail._target_=probes.FailAt",
-        "+callbacks.fail.step=2",
-        "-m",
-        "+callbacks.fail.rank=1,-1",
-    ]
+    args = [*failing_at_step_2(text_file), "-m", "+callbacks.fail.rank=1,-1"]
     result = run_train(args, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]  # a job failed

@@ -20,6 +20,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import TINY, compose_train
+from omegaconf import DictConfig
 from pytorch_lightning.loops.training_epoch_loop import _TrainingEpochLoop
 
 from charlm.training.callbacks.stopping import SaveOnInterrupt
@@ -79,8 +80,9 @@ class SyncCounter(pl.Callback):
         return call
 
 
-def test_steps_that_do_not_log_make_no_host_sync(tmp_path: Path, text_file: Path, monkeypatch) -> None:
-    cfg = compose_train(
+def sync_run(tmp_path: Path, text_file: Path, *overrides: str) -> DictConfig:
+    """23 steps with dropout, logging every 5, validating after 10 and 20, a step checkpoint every 7."""
+    return compose_train(
         [
             "data=textfile",
             f"data.path={text_file}",
@@ -92,18 +94,24 @@ def test_steps_that_do_not_log_make_no_host_sync(tmp_path: Path, text_file: Path
             "++trainer.val_check_interval=10",
             "callbacks.step_checkpoint.every_n_train_steps=7",
             "model.dropout=0.1",
+            *overrides,
         ]
     )
-    datamodule, model, trainer = build(cfg)
+
+
+# sync_run's batches that log, and those after which a checkpoint is written
+MAY_SYNC = {5, 10, 15, 20, 23} | {7, 14, 21}
+
+
+def test_steps_that_do_not_log_make_no_host_sync(tmp_path: Path, text_file: Path, monkeypatch) -> None:
+    datamodule, model, trainer = build(sync_run(tmp_path, text_file))
     assert trainer.progress_bar_callback is not None and trainer.loggers
     counter = SyncCounter(monkeypatch)
     trainer.callbacks.append(counter)
     trainer.fit(model, datamodule=datamodule)
     monkeypatch.undo()
     assert trainer.global_step == 23
-    # batches that log, and those after which a checkpoint is written (a validation comes after 10 and 20)
-    may_sync = {5, 10, 15, 20, 23} | {7, 14, 21}
-    found = {batch: calls for batch, calls in counter.calls.items() if batch and batch not in may_sync}
+    found = {batch: calls for batch, calls in counter.calls.items() if batch and batch not in MAY_SYNC}
     assert counter.calls[5], "the counter saw nothing: the bar reads the loss at a step that logs"
     sources = {call for calls in found.values() for call in calls}
     assert not found, f"syncs on batches {sorted(found)}:\n\n" + "\n\n".join(sorted(sources))
