@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: where the corpora are, and a timer."""
+"""What the benchmark scripts share: where the corpora are, train.py's config, and a timer."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from charlm import config
+from charlm.training import run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +22,14 @@ def local_corpus(name: str) -> Path | None:
         if path.exists():
             return path
     return None
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """The config `python train.py <overrides>` would run, as train.py composes it."""
+    config.register()
+    run_dirs.register()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
 
 
 def timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:

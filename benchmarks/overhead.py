@@ -28,14 +28,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from common import ROOT, local_corpus
-from hydra import compose, initialize_config_dir
+from common import compose_train, local_corpus
 from hydra.utils import instantiate
 
-from charlm.config import plain, register, typed
+from charlm.config import plain, typed
 from charlm.data.datamodule import CharDataModule, DataConfig
 from charlm.models.network import CharRNN, NetworkConfig
-from charlm.training import run_dirs
 from charlm.training.run import build
 
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -137,10 +135,7 @@ def main() -> None:
         "++trainer.limit_val_batches=0",
         "++trainer.num_sanity_val_steps=0",
     ]
-    register()
-    run_dirs.register()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_train(overrides)
     corpus = cfg.data.corpus.name
     if found := local_corpus(corpus):
         shutil.copy(found, data_dir)

@@ -21,11 +21,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import ROOT, local_corpus
-from hydra import compose, initialize_config_dir
+from common import compose_train, local_corpus
 
-from charlm.config import register
-from charlm.training import run_dirs
 from charlm.training.run import build
 
 
@@ -36,9 +33,7 @@ def measure(overrides: list[str], precision: str, steps: int) -> tuple[float, fl
     out_dir = Path(tempfile.mkdtemp())
     run = [*overrides, f"trainer.precision={trainer_precision}", f"paths.output_dir={out_dir}"]
     run.append(f"trainer.max_steps={steps}")
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=run)
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(compose_train(run))
     trainer.fit(model, datamodule=datamodule)
     shutil.rmtree(out_dir, ignore_errors=True)
     metrics = trainer.logged_metrics
@@ -71,8 +66,6 @@ def main() -> None:
         "++trainer.enable_model_summary=false",
         "++trainer.enable_progress_bar=false",
     ]
-    register()
-    run_dirs.register()
     corpus = "tinyshakespeare" if args.experiment == "shakespeare_char" else "quijote"
     if found := local_corpus(corpus):
         shutil.copy(found, data_dir)
