@@ -19,18 +19,16 @@ import shutil
 from dataclasses import replace
 
 import pytorch_lightning as pl
-from common import ROOT, local_corpus, timed
-from hydra import compose, initialize_config_dir
+from common import ROOT, compose_train, local_corpus, timed
 
 from charlm import CharDataModule, DataConfig, find_checkpoint, load_model
-from charlm.config import register, typed
-from charlm.training import run_dirs
+from charlm.config import typed
 from charlm.training.run import train
 
 
 def val_loss(model: pl.LightningModule, datamodule: CharDataModule) -> float:
     """Loss over the whole val split in the datamodule's layout."""
-    model.hparams.stateful = datamodule.config.stateful
+    model.carried.enabled = datamodule.config.stateful  # carry the state through the streams, or not
     quiet = {"logger": False, "enable_progress_bar": False, "enable_checkpointing": False}
     trainer = pl.Trainer(accelerator="auto", devices=1, **quiet)
     return trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/loss"]
@@ -59,22 +57,18 @@ def main() -> None:
         *args.overrides,
     ]
     results = {}
-    register()
-    run_dirs.register()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        for stateful in (False, True):
-            name = "stateful" if stateful else "stateless"
-            output = ROOT / "logs" / "benchmarks" / "stateful" / name
-            shutil.rmtree(output, ignore_errors=True)
-            overrides = [*common, f"data.stateful={stateful}", f"paths.output_dir={output}"]
-            cfg = compose("train", overrides=overrides)
-            _, seconds = timed(train, cfg)
-            model = load_model(find_checkpoint(output))
-            scores = {}
-            for layout in (False, True):
-                datamodule = CharDataModule(replace(typed(cfg.data, DataConfig), stateful=layout))
-                scores[layout] = val_loss(model, datamodule)
-            results[name] = (scores, seconds)
+    for stateful in (False, True):
+        name = "stateful" if stateful else "stateless"
+        output = ROOT / "logs" / "benchmarks" / "stateful" / name
+        shutil.rmtree(output, ignore_errors=True)
+        cfg = compose_train([*common, f"data.stateful={stateful}", f"paths.output_dir={output}"])
+        _, seconds = timed(train, cfg)
+        model = load_model(find_checkpoint(output))
+        scores = {}
+        for layout in (False, True):
+            datamodule = CharDataModule(replace(typed(cfg.data, DataConfig), stateful=layout))
+            scores[layout] = val_loss(model, datamodule)
+        results[name] = (scores, seconds)
 
     print(f"\n{args.data}, {args.steps} steps each, overrides: {' '.join(args.overrides) or 'none'}")
     print(f"{'training':>10} {'val ppl, windows':>17} {'val ppl, streams':>17} {'wall':>7}")
