@@ -3,7 +3,10 @@ the real TensorBoard server reading a finished sweep."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import random
 import re
 import shutil
 import subprocess
@@ -15,14 +18,16 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 from conftest import SUBPROCESS_ENV, TINY, run_train
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import api_pb2
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from charlm.report import COLUMNS, find_runs, job_name, write_report
+from charlm.report import COLUMNS, find_runs, job_name, read_run, write_report
 from charlm.report.board import get_json, serve
 from charlm.report.render import figure
+from charlm.report.sweep import SweepReport
 from charlm.training.callbacks.tensorboard import _session_end
 
 JOBS = ("hidden=8", "hidden=16")
@@ -275,3 +280,167 @@ def test_a_failing_job_leaves_the_sweep_going_and_is_reported(tmp_path: Path) ->
     assert rows["hidden=0"]["status"] == "failed" and rows["hidden=8"]["status"] == "finished"
     assert "- **hidden=0**: CharLMError: hidden must be at least 1, got 0" in report
     assert "Best: **hidden=8**" in report
+
+
+def copy_sweep(sweep_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the finished sweep, and its first job's training events file (the larger one)."""
+    copy = tmp_path / sweep_dir.name
+    shutil.copytree(sweep_dir, copy)
+    (job,) = copy.glob(f"*_{JOBS[0]}")
+    return copy, max(job.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_size)
+
+
+def age(path: Path, seconds: float = 3600) -> None:
+    """Last written `seconds` ago: no run is still writing it."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+@pytest.mark.parametrize("damage", ["flipped", "random", "cut", "folder", "broken link"])
+def test_a_damaged_events_file_is_named_and_its_run_marked(
+    sweep: tuple[subprocess.CompletedProcess, Path, float], tmp_path: Path, damage: str
+) -> None:
+    _, sweep_dir, _ = sweep
+    copy, events_file = copy_sweep(sweep_dir, tmp_path)
+    data = events_file.read_bytes()
+    if damage == "flipped":  # one byte in the middle of a record
+        middle = len(data) // 2
+        events_file.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+    elif damage == "random":
+        events_file.write_bytes(random.Random(0).randbytes(len(data)))
+    elif damage == "cut":  # the end of its last record lost, long ago: not a run still writing it
+        events_file.write_bytes(data[:-5])
+        age(events_file)
+    elif damage == "folder":
+        events_file.unlink()
+        events_file.mkdir()
+    else:
+        events_file.unlink()
+        events_file.symlink_to(tmp_path / "gone")
+    result = report_cli(copy)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()  # one line, naming the file
+    assert str(events_file) in line
+    rows = report_rows((copy / "report.md").read_text(encoding="utf-8"))
+    original = report_rows((sweep_dir / "report.md").read_text(encoding="utf-8"))
+    damaged = dict(zip(COLUMNS, rows[JOBS[0]], strict=True))
+    assert damaged["status"] == "damaged"
+    assert all(damaged[c] == "-" for c in COLUMNS if c not in ("run", "status"))  # no partial figures
+    assert rows[JOBS[1]] == original[JOBS[1]]  # the other run, whole
+    report = (copy / "report.md").read_text(encoding="utf-8")
+    assert f"Best: **{JOBS[1]}**" in report and "## Unreadable files" in report
+
+
+def test_a_run_still_writing_its_last_record_is_not_damaged(
+    sweep: tuple[subprocess.CompletedProcess, Path, float], tmp_path: Path
+) -> None:
+    """A live run's file may end in half a record until its writer flushes the rest: TensorBoard
+    reads up to it, and so does the report."""
+    _, sweep_dir, _ = sweep
+    copy, events_file = copy_sweep(sweep_dir, tmp_path)
+    events_file.write_bytes(events_file.read_bytes()[:-5])  # just written
+    result = report_cli(copy)
+    assert result.returncode == 0, result.stderr
+    rows = report_rows((copy / "report.md").read_text(encoding="utf-8"))
+    assert rows[JOBS[0]][COLUMNS.index("status")] == "unfinished"
+    assert rows[JOBS[0]][COLUMNS.index("val ppl")] != "-"
+
+
+@pytest.mark.parametrize("damage", ["not utf-8", "folder"])
+def test_an_unreadable_error_file_is_named_in_one_line(tmp_path: Path, damage: str) -> None:
+    write_events(tmp_path / "0_lr=0.002", [2.0, 1.5], api_pb2.STATUS_SUCCESS)
+    error_file = tmp_path / "1_lr=2" / "error.txt"
+    error_file.parent.mkdir()
+    if damage == "folder":
+        error_file.mkdir()
+    else:
+        error_file.write_bytes("CharLMError: données\n".encode("latin-1"))
+    result = report_cli(tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert str(error_file) in line
+    rows = report_rows((tmp_path / "report.md").read_text(encoding="utf-8"))
+    assert rows["lr=2"][COLUMNS.index("status")] == "failed"
+    assert rows["lr=0.002"][COLUMNS.index("status")] == "finished"
+
+
+def test_the_sweep_end_hook_reports_a_damaged_file_without_a_traceback(
+    sweep: tuple[subprocess.CompletedProcess, Path, float],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, sweep_dir, _ = sweep
+    copy, events_file = copy_sweep(sweep_dir, tmp_path)
+    events_file.unlink()
+    events_file.mkdir()
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(copy)}}})
+    with pytest.raises(SystemExit) as exit_:  # scripts notice
+        SweepReport().on_multirun_end(config)
+    assert exit_.value.code == 1
+    assert any(str(events_file) in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert "damaged" in (copy / "report.md").read_text(encoding="utf-8")
+
+
+def test_runs_of_different_corpora_are_ranked_apart(
+    sweep: tuple[subprocess.CompletedProcess, Path, float], tmp_path: Path, text_file: Path
+) -> None:
+    """Perplexities of different texts or vocabularies do not compare: a table, and a best, for each."""
+    _, sweep_dir, _ = sweep
+    result = run_train(["data=textfile", f"data.path={text_file}", *TINY], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.copytree(sweep_dir, tmp_path / "logs" / "multiruns" / sweep_dir.name)
+    (run_dir,) = (tmp_path / "logs" / "runs").iterdir()
+    for path in [run_dir, *sweep_dir.glob("*_hidden=*")]:  # in the HPARAMS tab
+        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))["chars"]
+        corpus = read_run(path).corpus
+        assert corpus["corpus"] == ("textfile" if path == run_dir else "names")
+        assert corpus["vocab_size"] == len(vocab)
+
+    result = report_cli(tmp_path / "logs")
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "logs" / "report.md").read_text(encoding="utf-8")
+    sections = re.split(r"^## ", report, flags=re.MULTILINE)
+    (names,) = [s for s in sections if s.startswith("corpus=names")]
+    (textfile,) = [s for s in sections if s.startswith("corpus=textfile")]
+    assert names.count("★") == 1 and textfile.count("★") == 1  # each its own best
+    assert f"runs/{run_dir.name}" in textfile and "hidden=8" in names and "hidden=16" in names
+    assert "Best: **runs/" in textfile and "next" not in textfile
+    assert result.stdout.count("★") == 2
+
+
+def test_runs_logged_before_the_corpus_was_are_grouped_by_their_config(tmp_path: Path) -> None:
+    """Runs whose HPARAMS hold no data/corpus: by the data config chosen, and its data.path."""
+    for name, data, path, loss in [
+        ("0_a", "names", None, 1.5),
+        ("1_b", "textfile", "poems.txt", 1.0),
+        ("2_c", "textfile", "songs.txt", 2.0),
+        ("3_d", "names", None, 1.8),
+    ]:
+        writer = SummaryWriter(str(tmp_path / name))
+        _, session_start, _ = hparams({"config/data": data, "data/path": str(path)}, {})
+        writer.file_writer.add_summary(session_start)
+        writer.add_scalar("hp_metric", math.exp(loss), 0)
+        writer.close()
+    (tmp_path / "4_e").mkdir()  # a job that failed before it logged anything
+    (tmp_path / "4_e" / "error.txt").write_text("CharLMError: hidden must be at least 1, got 0\n")
+    runs = write_report(tmp_path)
+    assert [r.name for r in runs] == ["a", "b", "c", "d", "e"]
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.*)$", report, flags=re.MULTILINE)
+    assert headings[:4] == [
+        "corpus=names",
+        "corpus=textfile, path=poems.txt",
+        "corpus=textfile, path=songs.txt",
+        "corpus unknown",
+    ]
+    assert "Best: **a**" in report and "next d" in report
+    assert "Best: **b**" in report and "Best: **c**" in report and report.count("★") == 3
+
+
+def test_a_report_that_cannot_be_written_says_so_in_one_line(tmp_path: Path) -> None:
+    write_events(tmp_path / "0_lr=0.002", [2.0, 1.5], api_pb2.STATUS_SUCCESS)
+    (tmp_path / "report.md").mkdir()  # in the way, as a read-only folder would be (the tests run as root)
+    result = report_cli(tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"cannot write the report into {tmp_path}" in line

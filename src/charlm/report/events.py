@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,44 @@ from charlm.report.summary import RunSummary, job_name
 EVENTS = "events.out.tfevents.*"
 ERROR_FILE = "error.txt"  # what a failed sweep job died of (charlm.training.run.train_job writes it)
 _SAMPLES_TAG = "samples/text_summary"  # SampleText's TEXT-tab entries
+# what makes two runs' perplexities comparable: the same text (corpus, file, splits, preprocessing)
+# and the same vocabulary (LogHyperparameters.run_hparams logs them)
+CORPUS_HPARAMS = ("corpus", "path", "splits", "lowercase", "letters_only", "normalize", "vocab_size")
+# a writer flushes at least every 2 minutes (SummaryWriter's flush_secs): a file written to within
+# this long, ending in half a record, may be a live run's, whose next flush completes it
+_LIVE_SECONDS = 600
+_FIX = "the run is reported as damaged, without its figures: restore the file from a backup, or remove it"
+
+
+def damage(path: Path) -> str | None:
+    """Why the events file `path` cannot be read whole, in one line naming it (None: it can).
+
+    TensorBoard's reader stops without a word at the first record that fails its checksum or is
+    cut short, and the rest of the run is silently missing: this reads the records with that
+    same reader and says so instead.
+    """
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+
+    if path.is_dir():
+        return f"{path} is a folder, not an events file: {_FIX}"
+    if not path.exists():
+        return f"{path} is a link to a file that does not exist: {_FIX}"
+    records = 0
+    try:
+        reader = pywrap_tensorflow.PyRecordReader_New(str(path))
+        while True:
+            reader.GetNext()
+            records += 1
+    except errors.OutOfRangeError:  # the end of the file
+        return None
+    except errors.DataLossError as err:
+        if "truncated" not in err.message:
+            return f"{path}: damaged events file (record {records + 1} fails its checksum); {_FIX}"
+        if time.time() - path.stat().st_mtime < _LIVE_SECONDS:
+            return None  # TensorBoard reads up to the half-written record, and so does the report
+        return f"{path}: events file cut short (in record {records + 1}); {_FIX}"
+    except OSError as err:
+        return f"{path}: cannot read it ({err.strerror or err}); {_FIX}"
 
 
 def _hparams_record(accumulator: Any, tag: str) -> Any:
@@ -46,6 +85,15 @@ def _hparams(accumulator: Any) -> dict[str, Any]:
     return {key: getattr(value, value.WhichOneof("kind")) for key, value in start.hparams.items()}
 
 
+def _corpus(hparams: dict[str, Any]) -> dict[str, Any]:
+    """What the run's perplexity is of (CORPUS_HPARAMS): runs logged before `data/corpus` was
+    give the data config chosen instead, and their data.path."""
+    corpus = {key: hparams[f"data/{key}"] for key in CORPUS_HPARAMS if f"data/{key}" in hparams}
+    if "corpus" not in corpus and "config/data" in hparams:
+        corpus["corpus"] = hparams["config/data"]
+    return {key: value for key, value in corpus.items() if value not in (None, "None")}
+
+
 def read_run(path: Path, name: str | None = None) -> RunSummary:
     """A run's summary from the event files in its directory (training and test write one each).
 
@@ -56,6 +104,10 @@ def read_run(path: Path, name: str | None = None) -> RunSummary:
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    name = name or path.name
+    if damaged := [line for file in sorted(path.glob(EVENTS)) if (line := damage(file))]:
+        # what TensorBoard reads of it would pass for the whole run: none of it is shown
+        return RunSummary(name=name, path=path, status="damaged", damage=damaged)
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every file it reads at INFO
     accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
     accumulator.Reload()
@@ -64,8 +116,8 @@ def read_run(path: Path, name: str | None = None) -> RunSummary:
     def scalars(tag: str) -> list[Any]:
         return accumulator.Scalars(tag) if tag in tags else []
 
-    run = RunSummary(name=name or path.name, path=path, status=_status(accumulator))
     hparams = _hparams(accumulator)
+    run = RunSummary(name=name, path=path, status=_status(accumulator), corpus=_corpus(hparams))
     parameters = hparams.get("model/parameters")
     run.parameters = None if parameters is None else int(parameters)
     best_ppl = [e.value for e in scalars("hp_metric")]
@@ -115,6 +167,17 @@ def find_runs(root: Path) -> list[RunSummary]:
             name = path.name if path == root else str(path.relative_to(root))
         run = read_run(path, name) if path in logged else RunSummary(name=name, path=path)
         if path in failed:  # it may have logged before it failed, or not
-            run.status, run.error = "failed", (path / ERROR_FILE).read_text(encoding="utf-8").strip()
+            run.status, run.error = "failed", _error(path / ERROR_FILE, run)
         runs.append(run)
     return runs
+
+
+def _error(path: Path, run: RunSummary) -> str:
+    """What a failed job died of, from its error.txt; a file that cannot be read is named in
+    `run.damage` (the job failed all the same)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8"
+        run.damage.append(f"{path}: cannot read it ({why}); the train.log beside it says why the job failed")
+        return f"(unreadable {ERROR_FILE}: {why})"

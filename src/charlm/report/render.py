@@ -11,13 +11,18 @@ from rich.console import Console
 from rich.table import Table
 
 from charlm.report.events import find_runs
-from charlm.report.summary import COLUMNS, RunSummary, best, scored, verdict
+from charlm.report.summary import COLUMNS, RunSummary, best, groups, scored, verdict
+
+APART = (
+    "These runs are of different corpora or vocabularies, whose perplexities do not compare:"
+    " each has its own table and best."
+)
 
 
-def table(runs: list[RunSummary]) -> Table:
+def table(runs: list[RunSummary], label: str = "") -> Table:
     """The report's table for the terminal (rich), the best row marked."""
     winner = best(runs)
-    grid = Table(title="charlm sweep report", title_justify="left")
+    grid = Table(title="charlm sweep report" + (f": {label}" if label else ""), title_justify="left")
     for column in COLUMNS:
         grid.add_column(column, justify="left" if column in ("run", "status") else "right")
     for run in runs:
@@ -28,9 +33,9 @@ def table(runs: list[RunSummary]) -> Table:
     return grid
 
 
-def markdown(runs: list[RunSummary], figure: str | None) -> str:
+def _markdown_table(runs: list[RunSummary]) -> list[str]:
     winner = best(runs)
-    lines = ["# Sweep report", "", verdict(runs), ""]
+    lines = [verdict(runs), ""]
     lines += [
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" if c in ("run", "status") else "--:" for c in COLUMNS) + "|",
@@ -41,14 +46,30 @@ def markdown(runs: list[RunSummary], figure: str | None) -> str:
             cells = [f"**{c}**" for c in cells]
             cells[0] = f"★ {cells[0]}"
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines += ["", "val loss is the best of the run, in nats per character; val ppl and bpc follow from it;"]
-    lines += ["test ppl is scored with the best checkpoint; chars/s counts training only; time is the wall"]
-    lines += ["time from the start of training to the end of the test."]
+    return lines
+
+
+def markdown(runs: list[RunSummary], figure: str | None) -> str:
+    notes = ["val loss is the best of the run, in nats per character; val ppl and bpc follow from it;"]
+    notes += ["test ppl is scored with the best checkpoint; chars/s counts training only; time is the wall"]
+    notes += ["time from the start of training to the end of the test."]
     if figure:
-        lines += ["", f"![val perplexity against step, and the best of each run]({figure})"]
+        notes += ["", f"![val perplexity against step, and the best of each run]({figure})"]
+    parts = groups(runs)
+    lines = ["# Sweep report", ""]
+    if len(parts) == 1:
+        lines += [*_markdown_table(runs), "", *notes]
+    else:  # the notes first: under each heading, one corpus
+        lines += [APART, "", *notes]
+        for label, members in parts:
+            lines += ["", f"## {label}", "", *_markdown_table(members)]
     failures = [r for r in runs if r.error]
     if failures:
         lines += ["", "## Failed jobs", ""] + [f"- **{r.name}**: {r.error}" for r in failures]
+    if damaged := [r for r in runs if r.damage]:
+        lines += ["", "## Unreadable files", ""] + [
+            f"- **{r.name}**: {line}" for r in damaged for line in r.damage
+        ]
     samples = [r for r in runs if r.sample]
     if samples:
         lines += ["", "## Samples", "", "The last text each run wrote (TensorBoard's TEXT tab)."]
@@ -70,13 +91,13 @@ def figure(runs: list[RunSummary]) -> Any:
     matplotlib.use("Agg")  # files only: works without a display
     import matplotlib.pyplot as plt
 
-    winner = best(runs)
+    winners = {id(w) for _, members in groups(runs) if (w := best(members))}  # each corpus its own
     colour = {id(r): f"C{i % 10}" for i, r in enumerate(plotted)}  # one colour per run, in both panels
     height = max(4.5, 0.3 * len(plotted))  # room for every bar's label
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [3, 2]})
     for run in plotted:
         steps, ppl = zip(*curves_of[id(run)], strict=True)
-        width = 2.8 if run is winner else 1.5
+        width = 2.8 if id(run) in winners else 1.5
         curves.plot(
             steps, ppl, marker="o", markersize=3, color=colour[id(run)], label=run.name, linewidth=width
         )
@@ -88,7 +109,7 @@ def figure(runs: list[RunSummary]) -> Any:
     ranked = [r for r in plotted if id(r) in finite]
     values = [r.val_ppl for r in ranked]
     bars.barh(
-        [f"★ {r.name}" if r is winner else r.name for r in ranked],
+        [f"★ {r.name}" if id(r) in winners else r.name for r in ranked],
         values,
         color=[colour[id(r)] for r in ranked],
     )
@@ -123,7 +144,11 @@ def write_report(root: Path, console: Console | None = None) -> list[RunSummary]
     (root / "report.md").write_text(markdown(runs, figure.name if has_figure else None), encoding="utf-8")
     # a log file or pipe has no width: do not squeeze the table into rich's default 80 columns
     console = console or Console(width=None if sys.stdout.isatty() else 160)
-    console.print(table(runs))
-    console.print(verdict(runs).replace("**", ""))
+    parts = groups(runs)
+    if len(parts) > 1:
+        console.print(APART)
+    for label, members in parts:
+        console.print(table(members, label))
+        console.print(verdict(members).replace("**", ""))
     console.print(f"report: {root / 'report.md'}" + (f", {figure}" if has_figure else ""))
     return runs

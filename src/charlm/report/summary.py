@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 COLUMNS = (
     "run",
@@ -40,7 +41,9 @@ class RunSummary:
 
     name: str
     path: Path
-    status: str = "unfinished"  # finished / failed / unfinished (no end recorded: still going, or killed)
+    # finished / failed / unfinished (no end recorded: still going, or killed) / damaged (an events
+    # file that cannot be read whole: no figures shown)
+    status: str = "unfinished"
     parameters: int | None = None
     val_loss: float | None = None  # the best, nats per character
     test_ppl: float | None = None
@@ -50,6 +53,8 @@ class RunSummary:
     val_ppl_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val ppl)
     sample: str | None = None  # the last text the run wrote in its TEXT tab
     error: str | None = None  # why a sweep job failed
+    corpus: dict[str, Any] = field(default_factory=dict)  # what its perplexity is of (events.CORPUS_HPARAMS)
+    damage: list[str] = field(default_factory=list)  # one line for each of its files that cannot be read
 
     @property
     def val_ppl(self) -> float | None:
@@ -104,6 +109,26 @@ def scored(runs: list[RunSummary]) -> list[RunSummary]:
 def best(runs: list[RunSummary]) -> RunSummary | None:
     ranked = scored(runs)
     return ranked[0] if ranked else None
+
+
+def groups(runs: list[RunSummary]) -> list[tuple[str, list[RunSummary]]]:
+    """The runs whose perplexities compare (the same corpus, splits, vocabulary...), each group
+    labelled by its corpus and what else sets it apart (`corpus=names, vocab_size=27`), in job
+    order; one group, labelled "", when all compare. Runs that logged no corpus (a job that failed
+    before training, a damaged run) join the only group, or else make one of their own."""
+    known = [r for r in runs if r.corpus]
+    keys = dict.fromkeys(k for r in known for k in r.corpus)
+    shown = ["corpus", *(k for k in keys if k != "corpus" and len({r.corpus.get(k) for r in known}) > 1)]
+    grouped: dict[str, list[RunSummary]] = {}
+    for run in known:
+        label = ", ".join(f"{k}={run.corpus[k]}" for k in shown if k in run.corpus)
+        grouped.setdefault(label or "corpus unknown", []).append(run)
+    if len(grouped) <= 1:
+        return [("", runs)]
+    for run in runs:
+        if not run.corpus:
+            grouped.setdefault("corpus unknown", []).append(run)
+    return list(grouped.items())
 
 
 def verdict(runs: list[RunSummary]) -> str:

@@ -3,6 +3,7 @@ samples of the text it writes as it learns (TEXT tab, and samples.txt)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from torch.utils.tensorboard.summary import hparams
 
 from charlm.errors import CharLMError
 from charlm.generation import generate
+
+log = logging.getLogger(__name__)
 
 _CONFIG_GROUPS = ("experiment", "data", "model", "optimizer", "scheduler", "trainer")
 
@@ -79,8 +82,11 @@ class LogHyperparameters(pl.Callback):
             "trainer": dict(self.trainer),
             "seed": self.seed,
         }
+        # the corpus and vocabulary too: the report ranks only runs whose perplexities compare
+        params["data"] = {"vocab_size": len(settings["vocab"])}
         if trainer.datamodule is not None:
-            params["data"] = {k: v for k, v in trainer.datamodule.hparams.items() if k != "data_dir"}
+            params["data"].update({k: v for k, v in trainer.datamodule.hparams.items() if k != "data_dir"})
+            params["data"]["corpus"] = trainer.datamodule.corpus.name
         if HydraConfig.initialized():
             choices = HydraConfig.get().runtime.choices
             params["config"] = {g: choices.get(g) for g in _CONFIG_GROUPS}
@@ -133,7 +139,10 @@ class SampleText(pl.Callback):
         self.every_n_epochs, self.seed = every_n_epochs, seed
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        generate(pl_module, self.prompt, length=0)  # a prompt the model cannot read fails now, not in an hour
+        try:  # a prompt the model cannot read fails now, not in an hour
+            generate(pl_module, self.prompt, length=0)
+        except CharLMError as err:
+            raise CharLMError(f"callbacks.sample_text.prompt={self.prompt!r}: {err}") from None
 
     def _sample(self, pl_module: pl.LightningModule) -> str:
         try:
@@ -145,8 +154,14 @@ class SampleText(pl.Callback):
     def _append(trainer: pl.Trainer, heading: str, text: str) -> None:
         """samples.txt in the run directory, beside the metrics: every sample, headed. (The
         directory is TensorBoard's: `trainer.log_dir` asks every DDP rank, and only rank 0 is here.)"""
-        with open(Path(tensorboards(trainer)[0].get_logdir()) / "samples.txt", "a", encoding="utf-8") as file:
-            file.write(f"=== {heading} ===\n{text}\n\n")
+        path = Path(tensorboards(trainer)[0].get_logdir()) / "samples.txt"
+        try:
+            with open(path, "a", encoding="utf-8") as file:
+                file.write(f"=== {heading} ===\n{text}\n\n")
+        except OSError as err:  # a full disk: the run goes on (its checkpoint save will say so)
+            log.warning(
+                "could not write %s: %s; the samples stay in TensorBoard's TEXT tab", path, err.strerror
+            )
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
