@@ -7,9 +7,13 @@ print(generate(model, "En un lugar de la", length=300, temperature=0.5, seed=0)[
 
 from __future__ import annotations
 
+import math
+import numbers
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 import torch
 
@@ -17,23 +21,86 @@ from charlm.errors import CharLMError
 from charlm.models.lightning_module import CharLM
 
 NEWLINE = "\n"
+# what one written character costs: its id (8 bytes) on the device, its copy on the host, its text
+BYTES_PER_CHAR = 24
 
 
-def _check(prompt: str, model: CharLM, length: int, temperature: float, top_k: int | None, num: int) -> None:
-    if length < 0 or num < 1:
-        raise CharLMError(f"length ({length}) must be at least 0 and num_samples ({num}) at least 1")
-    if temperature < 0:
-        raise CharLMError(f"temperature must be 0 (greedy) or more, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise CharLMError(f"top_k must be at least 1 (or null for all characters), got {top_k}")
-    unknown = sorted(set(prompt) - set(model.vocab.chars))
-    if unknown:
-        cased = [f(prompt) for f in (str.lower, str.upper) if set(f(prompt)) <= set(model.vocab.chars)]
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check(length: int, temperature: float, top_k: int | None, num: int, seed: int | None, stop: Any) -> None:
+    """One clear line for a setting of the wrong kind or range, which torch would answer with a
+    traceback (a nan temperature: "probability tensor contains either inf, nan or element < 0")."""
+    if not (_whole(length) and length >= 0 and _whole(num) and num >= 1):
         raise CharLMError(
-            f"the prompt has characters this model never saw: {' '.join(map(repr, unknown))}."
-            + (f" Try {cased[0]!r}." if cased else "")
-            + f" Use only characters of its vocabulary: {''.join(model.vocab.chars)!r}"
+            f"length ({length!r}) must be a whole number from 0, and num_samples ({num!r}) from 1"
         )
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0):
+        raise CharLMError(f"temperature must be 0 (greedy) or a positive number, got {temperature!r}")
+    if top_k is not None and not (_whole(top_k) and top_k >= 1):
+        raise CharLMError(f"top_k must be a whole number from 1 (or null for all characters), got {top_k!r}")
+    if seed is not None and not (_whole(seed) and -(2**63) <= seed < 2**64):
+        raise CharLMError(f"seed must be a whole number of at most 64 bits (or null), got {seed!r}")
+    if not isinstance(stop, bool):
+        raise CharLMError(f"stop_at_newline must be true or false, got {stop!r}")
+
+
+def _fit_prompt(prompt: str, model: CharLM) -> str:
+    """The prompt in the vocabulary's terms: without a leading byte-order mark, and in its NFC or NFD
+    form when only that one fits (a corpus may be normalised or not: é is one character, or e and a
+    combining accent), or one clear line listing the characters the model never saw."""
+    prompt = prompt.removeprefix("\ufeff")
+    known = set(model.vocab.chars)
+    for candidate in (prompt, unicodedata.normalize("NFC", prompt), unicodedata.normalize("NFD", prompt)):
+        if set(candidate) <= known:
+            return candidate
+    unknown = sorted(set(prompt) - known)
+    cased = [f(prompt) for f in (str.lower, str.upper) if set(f(prompt)) <= known]
+    raise CharLMError(
+        f"the prompt has characters this model never saw: {' '.join(map(repr, unknown))}."
+        + (f" Try {cased[0]!r}." if cased else "")
+        + f" Use only characters of its vocabulary: {''.join(model.vocab.chars)!r}"
+    )
+
+
+def _host_memory_free() -> int | None:
+    """Bytes the host can still give (Linux's MemAvailable), or None where that cannot be told."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _too_big(length: int, num: int, why: str) -> CharLMError:
+    return CharLMError(
+        f"length={length} with num_samples={num} is too much text for this machine's memory ({why}): "
+        "lower length or num_samples"
+    )
+
+
+def _check_memory(length: int, num: int, device: torch.device) -> None:
+    """Refuse before allocating: Linux hands out a too-big buffer lazily, and it would fail (or the
+    kernel would kill the process) only when filled, hours later."""
+    needs = [(BYTES_PER_CHAR * length * num, _host_memory_free(), "free")]
+    if device.type == "cuda":
+        needs.append((8 * length * num, torch.cuda.mem_get_info(device)[0], f"free on {device}"))
+    for need, free, where in needs:
+        if free is not None and need > free:
+            raise _too_big(length, num, f"about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB {where}")
+
+
+@contextmanager
+def _allocations_named(length: int, num: int) -> Iterator[None]:
+    """torch's allocation errors (CPU: a RuntimeError from DefaultCPUAllocator; CUDA: OutOfMemoryError)
+    and Python's MemoryError, as one line that names the settings to lower."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError | torch.OutOfMemoryError) and "allocate" not in str(err):
+            raise
+        raise _too_big(length, num, "an allocation failed") from None
 
 
 def _start(model: CharLM, prompt: str) -> str:
@@ -58,7 +125,10 @@ def _pick(
         )
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    # the likeliest at 0, the others below: a tiny temperature tends to greedy instead of overflowing
+    # (and one below the dtype's smallest normal number would be 0 there: 0 / 0 is nan)
+    logits = logits - logits.max(dim=-1, keepdim=True).values
+    logits = logits / max(temperature, torch.finfo(logits.dtype).tiny)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -99,18 +169,22 @@ def generate(
     The prompt warms the recurrent state in one forward pass; every new character then costs one
     step that carries the state, so the time grows linearly with `length`. `temperature` 0 is
     greedy (argmax); `top_k` keeps only the k likeliest characters; the same `seed` and settings
-    give the same text. `stop_at_newline` ends each sample at its first line break (excluded),
-    with `length` as the cap: for line-per-item corpora such as names.
+    give the same text. A prompt is taken without a leading byte-order mark, and in its NFC or NFD
+    form when only that fits the vocabulary. `stop_at_newline` ends each sample at its first line
+    break (excluded), with `length` as the cap: for line-per-item corpora such as names.
     """
-    _check(prompt, model, length, temperature, top_k, num_samples)
+    _check(length, temperature, top_k, num_samples, seed, stop_at_newline)
+    prompt = _fit_prompt(prompt, model)
+    _check_memory(length, num_samples, model.device)
     was_training = model.training
     model.eval()
     try:
-        start = _start(model, prompt)
-        written = _write(model, start, length, temperature, top_k, num_samples, seed, stop_at_newline)
+        with _allocations_named(length, num_samples):
+            start = _start(model, prompt)
+            written = _write(model, start, length, temperature, top_k, num_samples, seed, stop_at_newline)
+            texts = [model.vocab.decode(row) for row in written.cpu()]
     finally:
         model.train(was_training)
-    texts = [model.vocab.decode(row) for row in written.cpu()]
     if stop_at_newline:
         texts = [text.split(NEWLINE, 1)[0] for text in texts]
     return [prompt + text for text in texts]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
+import re
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
@@ -15,20 +18,61 @@ from charlm.models.lightning_module import CharLM
 from charlm.models.network import NetworkConfig
 
 LAST = "last.ckpt"
+WHAT_IT_IS = "a checkpoint that train.py wrote: it holds the vocabulary, the model settings and the weights"
+SHOWN_RUNS = 5
+_VAL_LOSS = re.compile(r"val_loss=?(\d+(?:\.\d+)?)")  # epoch003-step135-val_loss1.2345.ckpt
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint as plain data on the CPU (memory-mapped), or one clear error if it is damaged:
-    truncated, or with a flipped byte anywhere (each entry's CRC is checked; torch would not)."""
+    """The charlm checkpoint at `path` as plain data on the CPU (memory-mapped), or one clear error:
+    unreadable, damaged (truncated, or with a flipped byte anywhere: each entry's CRC is checked;
+    torch would not), or not a checkpoint of train.py at all."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError as err:  # permission denied, a folder, ...
+        raise CharLMError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
+    if head[:2] != b"PK":  # torch.save writes a zip archive
+        kind = "an empty file" if not head else "no zip archive, as torch.save writes (a text file?)"
+        raise CharLMError(f"{path} is not a charlm checkpoint ({WHAT_IT_IS}): it is {kind}")
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
         if not damaged:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:  # intact bytes, but objects beyond plain data
+        raise CharLMError(
+            f"{path} is not a charlm checkpoint ({WHAT_IT_IS}): it holds pickled Python objects "
+            "(torch.save of a whole model?)"
+        ) from None
     # OSError: a truncated file fails to memory-map ("Invalid argument")
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
         raise CharLMError(f"cannot read checkpoint {path} ({err}): it is damaged or no checkpoint") from None
-    raise CharLMError(f"cannot read checkpoint {path} ({damaged} fails its checksum): it is damaged")
+    if damaged:
+        raise CharLMError(f"cannot read checkpoint {path} ({damaged} fails its checksum): it is damaged")
+    check_charlm_checkpoint(path, checkpoint)
+    return checkpoint
+
+
+def check_charlm_checkpoint(path: Path, checkpoint: Any) -> None:
+    """One clear line for data that torch reads but train.py did not write, such as a plain
+    `torch.save(model.state_dict())`: without it, loading fails on missing keys and resuming
+    compares vocabularies of 0 characters."""
+    settings = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if isinstance(settings, dict) and model_settings(checkpoint)["vocab"] and "state_dict" in checkpoint:
+        return
+    values = list(checkpoint.values()) if isinstance(checkpoint, dict) else []
+    if values and all(isinstance(v, torch.Tensor) for v in values):
+        holds = f"only weights ({len(values)} tensors, as torch.save(model.state_dict()) writes them)"
+    elif isinstance(checkpoint, dict):
+        keys = ", ".join(str(k) for k in list(checkpoint)[:6]) + (", ..." if len(checkpoint) > 6 else "")
+        holds = f"no vocabulary or no weights (its keys: {keys})"
+    else:
+        holds = f"a {type(checkpoint).__name__}"
+    raise CharLMError(
+        f"{path} is not a charlm checkpoint ({WHAT_IT_IS}); it holds {holds}. "
+        "Give a .ckpt file from a run's checkpoints/ folder, or the run directory"
+    )
 
 
 def _best_recorded(last: Path) -> Path | None:
@@ -44,27 +88,77 @@ def _best_recorded(last: Path) -> Path | None:
     return None
 
 
+def _first_intact(candidates: list[Path]) -> tuple[Path, str] | None:
+    """When last.ckpt, the record of the best, cannot be read: the checkpoint with the lowest val
+    loss in its file name, else the newest, of those that read back intact."""
+    losses = {p: float(m[1]) for p in candidates if (m := _VAL_LOSS.search(p.name))}
+    ranked = sorted(losses, key=losses.__getitem__)
+    ranked += sorted(set(candidates) - set(losses), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in ranked:
+        try:
+            read_checkpoint(path)
+        except CharLMError:
+            continue
+        return path, "the lowest val loss in its name" if path in losses else "the newest that reads"
+    return None
+
+
+def _runs_below(path: Path) -> list[Path]:
+    """The run directories anywhere below `path` (those with a checkpoints/ folder), newest first:
+    logs/ holds runs/<run>/ and multiruns/<date>/<job>/."""
+    runs = []
+    for folder, subfolders, _ in os.walk(path):
+        if "checkpoints" in subfolders and Path(folder) != path:
+            runs.append(Path(folder))
+        subfolders[:] = [d for d in subfolders if d != "checkpoints" and not d.startswith(".")]
+    return sorted(runs, key=lambda run: ((run / "checkpoints").stat().st_mtime, run.name), reverse=True)
+
+
 def find_checkpoint(path: str | Path, which: Literal["best", "last"] = "best") -> Path:
     """The checkpoint file that `path` means: itself if a file, else the `best` or `last` one of a
-    run directory (or its checkpoints/ folder)."""
+    run directory (or its checkpoints/ folder). A folder of runs gets the list of them."""
     path = Path(path).expanduser()
+    try:
+        return _find_checkpoint(path, which)
+    except PermissionError as err:
+        raise CharLMError(
+            f"cannot read {err.filename or path}: permission denied; give a checkpoint this user can read"
+        ) from None
+
+
+def _find_checkpoint(path: Path, which: Literal["best", "last"]) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise CharLMError(f"no checkpoint at {path}: give a .ckpt file or a run directory")
+        what = "; it is neither a file nor a directory" if path.exists() else ""  # /dev/null, a pipe
+        raise CharLMError(f"no checkpoint at {path}{what}: give a .ckpt file or a run directory")
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    found = sorted(folder.glob("*.ckpt"))
-    runs = sorted(p.name for p in path.iterdir() if (p / "checkpoints").is_dir())
-    if not found and runs:  # a multirun, or logs/runs itself
-        shown = ", ".join(runs if len(runs) <= 6 else ["...", *runs[-5:]])
-        raise CharLMError(f"{path} holds {len(runs)} runs: choose one ({shown})")
-    if not found:
+    # hidden: leftovers of saves that never finished (.last.ckpt.partial), never chosen
+    found = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith(".") and p.is_file())
+    runs = [] if found or folder != path else _runs_below(path)
+    if runs:  # a multirun, logs/runs, or logs itself
+        shown = [str(run.relative_to(path)) for run in runs[:SHOWN_RUNS]]
+        more = f", and {len(runs) - SHOWN_RUNS} more" if runs[SHOWN_RUNS:] else ""
+        listed = ", ".join(shown) + more
+        raise CharLMError(f"{path} holds {len(runs)} runs: choose one (newest first: {listed})")
+    if not found and (folder != path or path.name == "checkpoints" or (path / ".hydra").is_dir()):
         raise CharLMError(f"no checkpoints in {folder}: the run may have stopped before saving one")
+    if not found:
+        raise CharLMError(f"no checkpoints in {path}, nor runs below it: give a .ckpt file or a run dir")
     last = folder / LAST
-    if which == "last" and last.exists():
+    if which == "last" and last in found:
         return last
-    if which == "best" and last.exists() and (best := _best_recorded(last)):
-        return best
+    if which == "best" and last in found:
+        try:
+            best = _best_recorded(last)
+        except CharLMError as err:  # a truncated last.ckpt: the other checkpoints may be intact
+            fallback = _first_intact([p for p in found if p != last])
+            if not fallback:
+                raise
+            print(f"# {err}; taking {fallback[0].name} instead ({fallback[1]})", file=sys.stderr)
+            return fallback[0]
+        if best:
+            return best
     return max(found, key=lambda p: p.stat().st_mtime)  # the newest, when the record is missing
 
 
@@ -85,10 +179,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> CharLM:
     config is needed; `device` places the weights, so a model trained on GPU loads on a CPU.
     """
     file = find_checkpoint(path)
-    checkpoint = read_checkpoint(file)  # a damaged file gets one clear line
+    checkpoint = read_checkpoint(file)  # a damaged file, or none of train.py's, gets one clear line
     settings = model_settings(checkpoint)
-    if not settings["vocab"] or "state_dict" not in checkpoint:
-        raise CharLMError(f"{file} is no charlm checkpoint: it holds no vocabulary or no weights")
     # compile off: generating is a few hundred short steps, not worth a compilation
     settings["network"] = {**settings["network"], "compile": False}
     settings["stateful"] = bool(settings["stateful"])
