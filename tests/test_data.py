@@ -276,6 +276,7 @@ def test_a_latin1_file_is_named_with_its_byte_and_reads_with_data_encoding(tmp_p
         ("empty.txt", b"", r"corpus 'textfile' is empty"),
         ("image.txt", b"\x89PNG\r\n\x1a\n\x00", r"byte 0 is b'\\x89'"),
         ("short.txt", b"hola\n" * 10, r"fewer than one window"),
+        ("/dev/null", None, r"data.path /dev/null is not a regular file"),
     ],
 )
 def test_unusable_text_files_get_one_clear_line(
@@ -287,3 +288,74 @@ def test_unusable_text_files_get_one_clear_line(
     with pytest.raises(CharLMError, match=error) as raised:
         CharDataModule(DataConfig(path=str(path), seq_len=100)).setup()
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "encoding, content, error",
+    [
+        # no byte-order mark: Python's utf-16 codec raises a UnicodeError that is no UnicodeDecodeError
+        ("utf-16", "¡Hola, señor!\n".encode() * 40, r"is UTF-8 text, but data.encoding=utf-16"),
+        (
+            "utf-16",
+            "¡Hola, señor!\n".encode("latin-1") * 40,
+            r"has no byte-order mark, so data.encoding=utf-16",
+        ),
+        # would decode silently, two bytes to one CJK character each
+        ("utf-16-le", b"En un lugar de la Mancha\n" * 40 + "ñ".encode(), r"is UTF-8 text"),
+        ("latin-1", "¡Hola, señor!\n".encode() * 40, r"is UTF-8 text, but data.encoding=latin-1"),
+    ],
+)
+def test_a_file_read_in_the_wrong_encoding_is_refused(
+    tmp_path: Path, encoding: str, content: bytes, error: str
+) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    with pytest.raises(CharLMError, match=error) as raised:
+        CharDataModule(DataConfig(path=str(path), seq_len=8, encoding=encoding)).setup()
+    assert "\n" not in str(raised.value)
+
+
+def test_utf16_with_its_byte_order_mark_reads_and_the_mark_is_no_character(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text("¡Hola, señor!\n" * 40, encoding="utf-16")  # Python writes the mark first
+    for encoding, file in (("utf-16", path), ("utf-8", tmp_path / "bom8.txt")):
+        if encoding == "utf-8":
+            file.write_text("\ufeff" + "¡Hola, señor!\n" * 40, encoding="utf-8")  # as quijote.txt opens
+        datamodule = CharDataModule(DataConfig(path=str(file), seq_len=8, encoding=encoding))
+        datamodule.setup()
+        assert "\ufeff" not in datamodule.vocab.chars and "ñ" in datamodule.vocab.chars
+
+
+def test_text_is_nfc_normalised_unless_told_not_to(tmp_path: Path) -> None:
+    """An accent written as a combining mark (e + U+0301) and a precomposed é are one character."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(("cafe\u0301 y café\n") * 40, encoding="utf-8")
+    nfc = CharDataModule(DataConfig(path=str(path), seq_len=8))
+    nfc.setup()
+    assert "é" in nfc.vocab.chars and "\u0301" not in nfc.vocab.chars
+    kept = CharDataModule(DataConfig(path=str(path), seq_len=8, normalize=None))
+    kept.setup()
+    assert {"é", "\u0301", "e"} <= set(kept.vocab.chars)
+    with pytest.raises(CharLMError, match="data.normalize must be one of NFC"):
+        CharDataModule(DataConfig(path=str(path), normalize="nfc"))
+
+
+def test_a_corpus_without_letters_names_letters_only(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.txt"
+    path.write_text("3.14159 2.71828\n" * 50, encoding="utf-8")
+    with pytest.raises(CharLMError, match="has no letters: data.letters_only=true leaves nothing"):
+        CharDataModule(DataConfig(path=str(path), seq_len=8, letters_only=True)).setup()
+
+
+def test_a_stride_longer_than_the_window_warns_how_much_is_skipped(
+    text_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    CharDataModule(DataConfig(path=str(text_file), seq_len=10, stride=40)).setup()
+    assert "data.stride=40 is longer than data.seq_len=10: the windows skip 75% of the text" in caplog.text
+
+
+def test_asking_for_a_test_split_that_is_not_there_is_one_line(text_file: Path) -> None:
+    datamodule = CharDataModule(DataConfig(path=str(text_file), seq_len=8, splits=[0.9, 0.1, 0]))
+    datamodule.setup()
+    with pytest.raises(CharLMError, match=r"there is no test split: data.splits=\[0.9, 0.1, 0\]"):
+        datamodule.test_dataloader()

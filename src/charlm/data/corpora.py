@@ -6,6 +6,7 @@ text). Hydra builds them from `conf/data/*.yaml` (`corpus_of`), so a new corpus 
 
 from __future__ import annotations
 
+import codecs
 import random
 import re
 import shutil
@@ -48,16 +49,53 @@ def _why_download_failed(err: Exception, url: str) -> str:
 
 
 def _decode(path: Path, encoding: str = "utf-8") -> str:
+    """The file's text, or one line naming the file and the data.encoding to try. A file that is
+    valid UTF-8 but read as another encoding would decode without a word into the wrong characters
+    (accents as `Ã±`, or utf-16 turning every two bytes into one CJK character): refused too."""
     try:
-        return path.read_text(encoding=encoding)
+        data = path.read_bytes()
+    except OSError as err:
+        raise CharLMError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        text = data.decode(encoding)
+        failure = None
     except LookupError:
         raise CharLMError(f"unknown data.encoding {encoding!r}: try utf-8, latin-1 or cp1252") from None
-    except UnicodeDecodeError as err:
+    except UnicodeError as err:  # UnicodeDecodeError, and utf-16's "UTF-16 stream does not start with BOM"
+        failure = err
+    if codecs.lookup(encoding).name != "utf-8" and not data.isascii() and _is_utf8(data):
         raise CharLMError(
-            f"{path} is not {encoding} text (byte {err.start} is {err.object[err.start : err.start + 1]!r}): "
-            "if it is Latin-1 or Windows text, set data.encoding=latin-1 (or cp1252); "
+            f"{path} is UTF-8 text, but data.encoding={encoding} would read other characters from it: "
+            "set data.encoding=utf-8"
+        )
+    if codecs.lookup(encoding).name in ("utf-16", "utf-32") and not data.startswith(_BOMS):
+        raise CharLMError(
+            f"{path} has no byte-order mark, so data.encoding={encoding} cannot tell its byte order: "
+            f"give it, data.encoding={encoding}-le (or -be)"
+        )
+    if failure is not None:
+        where = (
+            f" (byte {failure.start} is {data[failure.start : failure.start + 1]!r})"
+            if hasattr(failure, "start")
+            else ""
+        )
+        raise CharLMError(
+            f"{path} is not {encoding} text{where}: if it is Latin-1 or Windows text, set "
+            "data.encoding=latin-1 (or cp1252); UTF-16 with a byte-order mark: data.encoding=utf-16; "
             "a binary file is no corpus"
-        ) from None
+        )
+    return text.removeprefix("\ufeff")  # a byte-order mark says how the file is encoded: no text
+
+
+_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)  # and UTF-32-LE begins as 16-LE
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class Download:
@@ -120,6 +158,10 @@ class TextFiles:
     def files(self) -> list[Path]:
         if self.root.is_file():
             return [self.root]
+        if self.root.exists() and not self.root.is_dir():
+            raise CharLMError(
+                f"data.path {self.root} is not a regular file (a device or pipe?): give a text file"
+            )
         if self.root.is_dir():
             found = sorted(p for p in self.root.rglob("*.txt") if p.is_file())
             if not found:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler, default_conve
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from charlm.data.corpora import Corpus, corpus_of
-from charlm.data.preprocess import preprocess
+from charlm.data.preprocess import FORMS, preprocess
 from charlm.data.vocab import Vocabulary
 from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
@@ -49,8 +49,12 @@ class DataConfig:
     lowercase: bool = False
     # keep letters (accents included) and collapse everything else to one space
     letters_only: bool = False
+    # Unicode form of the text, and of prompts: NFC writes an accented letter as one character even
+    # where the file has a letter plus a combining accent; null keeps the text as the file has it
+    normalize: str | None = "NFC"
     batch_size: int = resumable(64)
-    num_workers: int = 0
+    # resumable: torchdata's loader saves its position in a format of its own for each worker count
+    num_workers: int = resumable(0)
     # batch_size parallel streams read in order (row i of each batch continues row i of the last),
     # the model carrying its hidden state across batches: truncated BPTT; stride is then unused
     stateful: bool = resumable(False)
@@ -81,11 +85,19 @@ class CharDataModule(pl.LightningDataModule):
             raise CharLMError(f"data.splits must be three fractions (train, val, test), got {config.splits}")
         if config.batch_size < 1:
             raise CharLMError(f"data.batch_size must be at least 1, got {config.batch_size}")
+        if config.num_workers < 0:
+            raise CharLMError(
+                f"data.num_workers must be 0 (no worker processes) or more, got {config.num_workers}"
+            )
+        if config.normalize not in (None, *FORMS):
+            raise CharLMError(
+                f"data.normalize must be one of {', '.join(FORMS)} or null, got {config.normalize}"
+            )
         self.corpus = corpus_of(config if corpus is None else replace(config, corpus=corpus))
         # the stride in effect, so that a checkpoint holds the number its windows were cut with
         stride = config.seq_len if config.stride is None else config.stride
         self.config = replace(config, stride=stride, splits=list(config.splits))
-        self.data_dir = Path(config.data_dir)
+        self.data_dir = Path(config.data_dir).expanduser()
         # kept in checkpoints: what the saved position in the data means
         settings = {f.name: getattr(self.config, f.name) for f in fields(self.config) if f.name != "corpus"}
         self.save_hyperparameters(settings, logger=False)
@@ -99,9 +111,16 @@ class CharDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
-        text = preprocess(self.corpus.read(self.data_dir), self.config.lowercase, self.config.letters_only)
-        if not text:
+        config = self.config
+        raw = self.corpus.read(self.data_dir)
+        text = preprocess(raw, config.lowercase, config.letters_only, config.normalize)
+        if not raw:
             raise CharLMError(f"corpus '{self.corpus.name}' is empty")
+        if config.letters_only and not text.strip():
+            raise CharLMError(
+                f"corpus '{self.corpus.name}' has no letters: data.letters_only=true leaves nothing of it; "
+                "drop data.letters_only"
+            )
         self.vocab = Vocabulary.from_text(text)
         ids = self.vocab.encode(text)
         for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.config.splits), strict=True):
@@ -109,6 +128,14 @@ class CharDataModule(pl.LightningDataModule):
                 continue
             self.ids[name] = ids[start:end]
             self.datasets[name] = self._dataset(name)
+        if not config.stateful and config.stride > config.seq_len:
+            log.warning(
+                "data.stride=%d is longer than data.seq_len=%d: the windows skip %.0f%% of the text, "
+                "which is never trained on (a stride up to seq_len covers it all)",
+                config.stride,
+                config.seq_len,
+                100 * (1 - config.seq_len / config.stride),
+            )
         log.info(
             "corpus %s: %s characters, vocabulary %d, %s %s",
             self.corpus.name,
@@ -135,7 +162,7 @@ class CharDataModule(pl.LightningDataModule):
         if len(ids) < seq_len + 1:
             raise CharLMError(
                 f"the {name} split has {len(ids):,} characters, fewer than one window "
-                f"(seq_len + 1 = {seq_len + 1}): shorten seq_len or change data.splits"
+                f"(seq_len + 1 = {seq_len + 1}): shorten data.seq_len or change data.splits"
             )
         return WindowDataset(ids, seq_len, self.config.stride)
 
@@ -172,6 +199,8 @@ class CharDataModule(pl.LightningDataModule):
             # Lightning would deal every rank each world_size-th batch, whose rows do not follow on
             dataset = self._dataset(stage, rank, world_size)
             sampler = UnrepeatedDistributedSampler(dataset, 1, 0, shuffle=False) if world_size > 1 else None
+        elif stage not in self.datasets:  # data.splits=[0.9,0.1,0]: no test split, the run was not tested
+            raise CharLMError(f"there is no {stage} split: data.splits={self.config.splits} gives it no text")
         else:
             dataset = self.datasets[stage]
             sampler = self._sampler(stage, dataset, rank, world_size)
@@ -196,3 +225,12 @@ class CharDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Kept in checkpoints by Lightning: the characters of each split, which the loader's saved
+        position counts in, so that a resume on another corpus is refused before fitting
+        (`charlm.training.resume`) instead of failing, or reading other batches, mid-restore."""
+        return {"split_chars": {name: len(ids) for name, ids in self.ids.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the record is compared with this run's corpus before fitting."""
