@@ -7,18 +7,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train
+from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train, run_train
 
+from charlm.data.windows import split_bounds
 from charlm.errors import CharLMError
+from charlm.models.lightning_module import CharLM
 from charlm.training.callbacks.checkpointing import ModelCheckpoint
-from charlm.training.run import build
-from charlm.training.saving import AtomicCheckpointIO
+from charlm.training.run import build, train
+from charlm.training.saving import AtomicCheckpointIO, remove_abandoned_partials
 
 # Three epochs of about 100 steps on a 60 kB corpus, dropout on, last.ckpt every 10 steps.
 RUN = [
@@ -93,24 +96,47 @@ def test_a_killed_run_resumes_to_the_same_end(tmp_path: Path, stop: signal.Signa
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
 
 
+# a full disk as the file's write sees it, and as torch's zip writer reports it (no OSError)
+FULL_DISK = {
+    "os": (OSError(28, "No space left on device"), "No space left on device"),
+    "zip writer": (
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"),
+        "the write",
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", FULL_DISK)
 def test_a_save_cut_short_keeps_the_previous_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 10}, path)
+    error, reason = FULL_DISK[failure]
 
     def killed_mid_write(obj: object, file: BinaryIO) -> None:
         file.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError(28, "No space left on device")
+        raise error
 
     monkeypatch.setattr(torch, "save", killed_mid_write)
-    full = r"could not save checkpoint .*last.ckpt: No space left on device\. The previous one is intact"
+    full = rf"could not save checkpoint .*last.ckpt: {reason}.* MB free on its disk\)\. The previous one"
     with pytest.raises(CharLMError, match=full):
         io.save_checkpoint({"global_step": 20}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["global_step"] == 10
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left behind
+
+
+def test_partial_files_of_saves_cut_short_are_removed_but_not_one_being_written(tmp_path: Path) -> None:
+    """A SIGKILL mid-save leaves `.last.ckpt.partial` (as large as a checkpoint) for good; a resume
+    from the run removes it, but not a partial file that a running save is still writing."""
+    abandoned, live = tmp_path / ".last.ckpt.partial", tmp_path / ".epoch000.ckpt.partial"
+    for partial in (abandoned, live):
+        partial.write_bytes(b"PK\x03\x04 half a checkpoint")
+    os.utime(abandoned, (time.time() - 3600, time.time() - 3600))
+    remove_abandoned_partials(tmp_path)
+    assert not abandoned.exists() and live.exists()
 
 
 def test_checkpoints_are_renamed_into_place_from_their_own_directory(
@@ -209,3 +235,193 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(
     assert last["global_step"] == 6  # the validation at step 6 (after the step-5 save): good
     assert all(torch.isfinite(w).all() for w in last["state_dict"].values())
     assert not [p for p in (run / "checkpoints").iterdir() if "partial" in p.name]
+
+
+# Resuming a finished tiny run (12 steps of a 58-step epoch) with a setting, file or corpus changed.
+LINE = "En un lugar de la Mancha, de cuyo nombre no quiero acordarme; ¡qué señor hidalgo!\n"
+
+
+def tiny(corpus: Path, output_dir: Path, *overrides: str) -> list[str]:
+    data = ["data=textfile", f"data.path={corpus}"]
+    return [*data, f"paths.output_dir={output_dir}", "hidden=16", *TINY, "~logger", *overrides]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Its corpus (200 lines), and its last.ckpt."""
+    folder = tmp_path_factory.mktemp("finished")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(LINE * 200, encoding="utf-8")
+    datamodule, model, trainer = build(compose_train(tiny(corpus, folder / "run")))
+    trainer.fit(model, datamodule=datamodule)
+    return corpus, folder / "run" / "checkpoints" / "last.ckpt"
+
+
+def sizes(lines: int) -> str:
+    """Of the train, val and test splits of a corpus of `lines` LINEs."""
+    return " / ".join(f"{end - start:,}" for start, end in split_bounds(len(LINE) * lines, [0.9, 0.05, 0.05]))
+
+
+def edited(checkpoint: Path, folder: Path, edit: Callable[[dict], object]) -> Path:
+    """A copy of `checkpoint` changed by `edit`, as an older charlm or another setting would save it."""
+    saved = torch.load(checkpoint, weights_only=True)
+    edit(saved)
+    torch.save(saved, folder / "edited.ckpt")
+    return folder / "edited.ckpt"
+
+
+def resume(corpus: Path, checkpoint: Path, output_dir: Path, *overrides: str) -> float | None:
+    return train(compose_train(tiny(corpus, output_dir, f"ckpt_path={checkpoint}", *overrides)))
+
+
+@pytest.mark.parametrize("lines", [100, 300], ids=["smaller", "bigger"])
+def test_a_resume_on_a_corpus_of_another_size_is_refused(
+    tmp_path: Path, finished: tuple[Path, Path], lines: int
+) -> None:
+    """The same characters, so the vocabulary matches; but the saved position in the data does not:
+    Lightning failed restoring it on a smaller corpus, and read other batches on a bigger one."""
+    _, checkpoint = finished
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(LINE * lines, encoding="utf-8")
+    refused = f"a corpus of {sizes(200)} characters \\(train / val / test\\), this run's has {sizes(lines)};"
+    with pytest.raises(CharLMError, match=refused):
+        resume(corpus, checkpoint, tmp_path / "resumed", "++trainer.max_steps=24")
+
+
+def test_a_resume_on_a_smaller_corpus_is_one_line(tmp_path: Path, finished: tuple[Path, Path]) -> None:
+    _, checkpoint = finished
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(LINE * 100, encoding="utf-8")
+    done = run_train(
+        [*tiny(corpus, tmp_path / "resumed", "++trainer.max_steps=24"), f"ckpt_path={checkpoint}"], tmp_path
+    )
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output and "StopIteration" not in output
+    assert f"cannot resume from {checkpoint}: it was trained on a corpus of {sizes(200)} characters" in output
+
+
+def test_a_checkpoint_without_the_record_of_its_corpus_still_resumes(
+    tmp_path: Path, finished: tuple[Path, Path]
+) -> None:
+    """Checkpoints written before the data module kept the size of its splits."""
+    corpus, checkpoint = finished
+    older = edited(checkpoint, tmp_path, lambda saved: saved.pop("CharDataModule"))
+    resume(corpus, older, tmp_path / "resumed", "++trainer.max_steps=24")
+    assert saved_step(tmp_path / "resumed" / "checkpoints" / "last.ckpt") == 24
+
+
+def without_setting(saved: dict) -> None:
+    del saved["hyper_parameters"]["network"]["locked_dropout"]
+
+
+def with_extra_weight(saved: dict) -> None:
+    saved["state_dict"]["net.rnn.weight_hr_l0"] = torch.zeros(4, 16)
+
+
+def without_training_state(saved: dict) -> None:
+    for key in ("loops", "optimizer_states", "lr_schedulers", "callbacks"):
+        del saved[key]
+
+
+@pytest.mark.parametrize(
+    "edit, overrides, refused",
+    [
+        # saved before model.locked_dropout existed: trained with its default
+        (
+            without_setting,
+            ["model.locked_dropout=true"],
+            "it was trained with locked_dropout=False \\(it predates model.locked_dropout: an older charlm, "
+            "trained with the default\\), this run has locked_dropout=True",
+        ),
+        (
+            lambda saved: saved["state_dict"].pop("net.head.bias"),
+            [],
+            "its weights do not fit this model \\(it lacks net.head.bias\\): it was saved by another charlm",
+        ),
+        (
+            lambda saved: (without_setting(saved), with_extra_weight(saved)),
+            [],
+            "its weights do not fit this model \\(it has net.rnn.weight_hr_l0, which this model lacks\\): "
+            "it predates model.locked_dropout, so it was saved by an older charlm",
+        ),
+        (without_training_state, [], "it holds the weights only"),
+        # torch's KeyError 'momentum' in the fit
+        (
+            None,
+            ["optimizer=sgd"],
+            "it was trained with optimizer=torch.optim.Adam, this run has optimizer=torch.optim.SGD",
+        ),
+        # restored from the checkpoint: the new learning rate was silently ignored
+        (
+            None,
+            ["optimizer.lr=0.01"],
+            "it was trained with optimizer.lr=0.002, this run has optimizer.lr=0.01",
+        ),
+        # a schedule from its first step, at step 12
+        (
+            None,
+            ["scheduler=cosine"],
+            "it was trained with scheduler=none, this run has scheduler=charlm.models",
+        ),
+        # the loader's saved position in another format: an assertion in torchdata's loader
+        (
+            None,
+            ["data.num_workers=1"],
+            "it was trained with data.num_workers=0, this run has data.num_workers=1",
+        ),
+    ],
+    ids=["setting-added", "weight-missing", "weight-extra", "weights-only", "sgd", "lr", "cosine", "workers"],
+)
+def test_a_resume_that_cannot_continue_is_one_line(
+    tmp_path: Path,
+    finished: tuple[Path, Path],
+    edit: Callable[[dict], object] | None,
+    overrides: list[str],
+    refused: str,
+) -> None:
+    corpus, checkpoint = finished
+    if edit:
+        checkpoint = edited(checkpoint, tmp_path, edit)
+    with pytest.raises(CharLMError, match=f"cannot resume from {checkpoint}: {refused}"):
+        resume(corpus, checkpoint, tmp_path / "resumed", "++trainer.max_steps=24", *overrides)
+
+
+class FirstBatch(pl.Callback):
+    """The epoch and batch index that training starts at."""
+
+    def __init__(self) -> None:
+        self.at: tuple[int, int] | None = None
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object, index: int
+    ) -> None:
+        self.at = self.at or (trainer.current_epoch, index)
+
+
+def test_a_run_ended_by_max_steps_mid_epoch_resumes_that_epoch(tmp_path: Path, text_file: Path) -> None:
+    """Lightning ends an epoch that max_steps stops like any other, counted done: resumed with a
+    larger max_steps, it started the next epoch at the position of the batches seen of this one."""
+
+    def fit(name: str, max_steps: int, resume: Path | None = None) -> tuple[pl.Trainer, CharLM, FirstBatch]:
+        # validated at each epoch's end (and at max_steps), where the checkpoints are then saved
+        every_epoch = ["++trainer.val_check_interval=1.0", "model.dropout=0.1"]
+        cfg = compose_train(
+            tiny(text_file, tmp_path / name, f"++trainer.max_steps={max_steps}", *every_epoch)
+        )
+        datamodule, model, trainer = build(cfg)
+        first = FirstBatch()
+        trainer.callbacks.append(first)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+        return trainer, model, first
+
+    unbroken, unbroken_model, _ = fit("unbroken", 80)  # 58 batches an epoch: into the second
+    fit("stopped", 20)
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # the epoch it stopped in is not done
+    resumed, resumed_model, first = fit("resumed", 80, last)
+    assert first.at == (0, 20)  # epoch 0's batch 20, not epoch 1's
+    # the run's summary counts the epochs started: 80 steps of 58-step epochs are 2
+    assert [t.fit_loop.epoch_progress.current.started for t in (resumed, unbroken)] == [2, 2]
+    weights = resumed_model.state_dict(), unbroken_model.state_dict()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])

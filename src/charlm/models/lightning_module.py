@@ -9,16 +9,15 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from pytorch_lightning.utilities import rank_zero_info
 from torchmetrics import MinMetric
 
 from charlm.data.vocab import Vocabulary
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, instantiate
 from charlm.models.carried_state import CarriedState
 from charlm.models.metrics import CharScores
 from charlm.models.network import CharRNN, NetworkConfig, State
-from charlm.models.optimization import OptimizerConfig
+from charlm.models.optimization import OptimizerConfig, check_optimizer
 
 
 def writes_logs(trainer: pl.Trainer) -> bool:
@@ -37,6 +36,21 @@ def writes_logs(trainer: pl.Trainer) -> bool:
     step, every = trainer.fit_loop.epoch_loop._batches_that_stepped + 1, trainer.log_every_n_steps
     on_schedule = bool(every) and (step % every == 0 or trainer.should_stop)
     return on_schedule or 0 < trainer.max_steps <= step
+
+
+def _keep_epoch_unfinished(trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
+    """Save an epoch that `max_steps` (or a stop) ended before its last batch as the epoch in progress
+    that it is. Lightning counts it as done (it ends every epoch the same way), and a resume would
+    then start the next epoch, skip as many of its batches as this one had seen (the loader's saved
+    position), and never see the rest of this one. Saved unfinished, the resume continues it with
+    its unseen batches, as it does for an interrupted run, and the epochs are counted right."""
+    loop = trainer.fit_loop
+    epochs, seen = loop.epoch_progress.current, loop.epoch_loop.batch_progress.current.ready
+    if epochs.processed == epochs.started and 0 < seen < trainer.num_training_batches:
+        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+        for counts in (progress["total"], progress["current"]):
+            counts["processed"] = counts["completed"] = counts["started"] - 1
+        checkpoint["epoch"] = epochs.started - 1  # Lightning's current_epoch, 0-based
 
 
 class CharLM(pl.LightningModule):
@@ -68,6 +82,7 @@ class CharLM(pl.LightningModule):
             # flat: the network's settings as checkpoints written before NetworkConfig keep them
             network = NetworkConfig(**{**(network or {}), **flat})
         optimizer = dict(optimizer) if optimizer else asdict(OptimizerConfig())
+        check_optimizer(optimizer)
         scheduler = dict(scheduler) if scheduler else None
         settings = {"vocab": list(vocab), "network": asdict(network), "optimizer": optimizer}
         # the run logs its whole config instead
@@ -154,6 +169,8 @@ class CharLM(pl.LightningModule):
                 "(training diverged); the last good checkpoint stays. Lower optimizer.lr"
             )
         self.carried.save(self, checkpoint)
+        if "loops" in checkpoint:
+            _keep_epoch_unfinished(self.trainer, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None:  # resuming, not loading to generate
@@ -163,9 +180,11 @@ class CharLM(pl.LightningModule):
         self.carried.to(self.device)
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        optimizer = instantiate(self.hparams.optimizer, setting="optimizer", params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer, total_steps=total_steps)
+        scheduler = instantiate(
+            self.hparams.scheduler, setting="scheduler", optimizer=optimizer, total_steps=total_steps
+        )
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
