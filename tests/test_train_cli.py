@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_train
+from conftest import TINY, compose_train, run_train
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 from tensorboard.plugins.hparams import plugin_data_pb2
+
+from charlm.errors import CharLMError
+from charlm.training.run import train
 
 
 def load_runs(log_dir: Path) -> EventMultiplexer:
@@ -103,12 +106,107 @@ def test_unknown_names_and_keys_are_refused_with_the_choices(
         # the optimizer and trainer groups take their class's other arguments, and only those
         ("trainer.max_step=5", "trainer.max_step is not a setting of pytorch_lightning.Trainer"),
         ("optimizer.momentum=0.9", "optimizer.momentum is not a setting of torch.optim.Adam"),
+        # refused by torch or Lightning, named here by the setting
+        ("optimizer.lr=-0.01", "optimizer.lr must be above 0 (Adam: around 1e-3), got -0.01"),
+        (
+            "optimizer.lr=0",
+            "optimizer.lr must be above 0",
+        ),  # would train without a word, the loss never moving
+        ("model.embedding_dim=-5", "model.embedding_dim must be at least 1 (null: one-hot inputs), got -5"),
+        (
+            "callbacks.step_checkpoint.every_n_train_steps=-1",
+            "callbacks.step_checkpoint: Invalid value for every_n_train_steps=-1. Must be >= 0. Fix",
+        ),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 trains nothing: give it at least 1"),
+        ("++trainer.max_steps=0", "trainer.max_steps=0 trains nothing"),
+        # 1.6 PB of weights: more than any address space, whatever the machine's overcommit policy
+        (
+            "hidden=10000000",
+            "GB asked for): lower hidden (10000000), model.num_layers (1), data.batch_size (16)",
+        ),
+        ("hídden=32", "hídden=32: setting names are plain ASCII: did you mean hidden=32?"),
     ],
 )
 def test_values_out_of_range_are_one_clear_line(tmp_path: Path, override: str, error: str) -> None:
     result = run_train(["data=names", *TINY, override], cwd=tmp_path)  # last: TINY sets seq_len too
     assert result.returncode != 0
     assert error in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("logs/runs/*"))  # a refused run leaves no run directory behind
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        # settings that Lightning or torch would take without a word, or fail on midway
+        (["seed=-1"], "seed must be from 0 to 4294967295 (or null: unseeded), got -1"),
+        (
+            ["trainer.gradient_clip_val=-1"],
+            "trainer.gradient_clip_val must be 0 (off) or more",
+        ),  # flips the gradients
+        (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be at least 1"),
+        (["data.num_workers=-1"], "data.num_workers must be 0 (no worker processes) or more, got -1"),
+        (
+            ["++trainer.val_check_interval=100000"],
+            "trainer.val_check_interval: val_check_interval (100000) must",
+        ),
+        (
+            ["callbacks.sample_text.length=-1"],
+            "callbacks.sample_text.length must be 0 (none) or more, got -1",
+        ),
+        (
+            ["callbacks.sample_text.temperature=-1"],
+            "callbacks.sample_text (prompt=''): temperature must be 0",
+        ),
+        (["callbacks.early_stopping.min_delta=-1"], "callbacks.early_stopping.min_delta must be 0 or more"),
+        (["scheduler=cosine", "scheduler.warmup_steps=-5"], "scheduler.warmup_steps must be 0 or more (-5)"),
+        (["++trainer.precision=banana"], "trainer: Precision 'banana' is invalid"),
+        (["logger.tensorboard.save_dir=/dev/null/logs"], "could not write /dev/null/logs: Not a directory"),
+    ],
+)
+def test_settings_out_of_range_are_refused_in_one_line(
+    tmp_path: Path, overrides: list[str], error: str
+) -> None:
+    """In-process (the subprocess path is the test above): each a CharLMError, whose one line
+    train.py prints."""
+    cfg = compose_train(["data=names", *TINY, f"paths.output_dir={tmp_path}", *overrides])
+    with pytest.raises(CharLMError) as refused:
+        train(cfg)
+    assert error in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_log_dir_that_cannot_be_made_is_one_line(tmp_path: Path, multirun: bool) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    args = ["-m", "hidden=8,16"] if multirun else []
+    result = run_train(["data=names", *TINY, *args, f"paths.log_dir={tmp_path}/a_file/logs"], cwd=tmp_path)
+    assert result.returncode == 1
+    folder = "multiruns" if multirun else "runs"
+    assert (
+        f"cannot create a run directory in {tmp_path}/a_file/logs/{folder}: Not a directory" in result.stderr
+    )
+    assert "Set paths.log_dir to a folder you can write to" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("full", ["samples.txt", "checkpoints/.last.ckpt.partial"])
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, full: str) -> None:
+    """/dev/full answers every write with ENOSPC. samples.txt is left out with a warning and the
+    run goes on; a checkpoint that cannot be written stops the run in one line, the best
+    checkpoint saved before it kept."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / full).symlink_to("/dev/full")
+    result = run_train(["data=names", *TINY, "++trainer.max_steps=6", f"hydra.run.dir={run}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    if full == "samples.txt":
+        assert result.returncode == 0
+        assert "samples.txt: No space left on device; the samples stay in TensorBoard's TEXT tab" in output
+    else:
+        assert result.returncode == 1
+        assert f"could not save checkpoint {run}/checkpoints/last.ckpt: No space left on device" in output
+        saved = [p.name for p in (run / "checkpoints").iterdir()]  # the best, and no leftover
+        assert len(saved) == 1 and saved[0].startswith("epoch000-step6-val_loss")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the test needs to lack")

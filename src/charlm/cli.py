@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import unicodedata
 from collections.abc import Iterable
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -21,6 +22,19 @@ def hydra_flags_first(argv: list[str] | None = None) -> None:
     argv = sys.argv if argv is None else argv
     args = argv[1:]
     argv[1:] = [a for a in args if a in _BARE_FLAGS] + [a for a in args if a not in _BARE_FLAGS]
+
+
+def check_keys_are_ascii(argv: list[str] | None = None) -> None:
+    """Exit with one line for a setting name typed with an accent (`hídden=32`): Hydra's lexer
+    would answer with its own exception's name. The value may hold any text; the name may not."""
+    argv = sys.argv if argv is None else argv
+    for arg in argv[1:]:
+        key = arg.split("=", 1)[0] if "=" in arg else None
+        if key and not key.isascii():
+            plain = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode()
+            raise SystemExit(
+                f"{arg}: setting names are plain ASCII: did you mean {plain}={arg.split('=', 1)[1]}?"
+            )
 
 
 def hydra_quote(text: str) -> str:

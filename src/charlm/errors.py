@@ -1,9 +1,12 @@
-"""The one exception type for problems a user can fix, and Hydra's instantiate that lets it through."""
+"""The one exception type for problems a user can fix, and Hydra's instantiate that names the
+setting at fault when the object it builds refuses its arguments."""
 
 from typing import Any
 
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig
 
 
 class CharLMError(CompactHydraException):
@@ -14,9 +17,18 @@ class CharLMError(CompactHydraException):
     """
 
 
-def instantiate(node: Any, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, letting our own clear errors through unwrapped (Hydra would wrap a
-    CharLMError raised by the object it builds in a page of its own)."""
+def _refuses_its_arguments(err: BaseException) -> bool:
+    """What torch, Lightning and the like raise for an argument out of range or misspelt: the
+    setting's fault, not a bug (`Invalid learning rate: -0.01`, `every_n_train_steps=-1`)."""
+    if isinstance(err, TypeError):  # a wrong key: "got an unexpected keyword argument 'lrr'"
+        return "argument" in str(err)
+    return isinstance(err, ValueError | MisconfigurationException)
+
+
+def instantiate(node: Any, *, setting: str | None = None, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with one clear line instead of Hydra's page when the object refuses
+    its settings: `setting` (default: the node's key, e.g. `callbacks.step_checkpoint`) and the
+    library's own message. A CharLMError of the object built comes through unwrapped."""
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -25,4 +37,11 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, CharLMError):
             raise cause from None
+        if cause is not None and _refuses_its_arguments(cause):
+            key = setting or (node._get_full_key(None) if isinstance(node, DictConfig) else "")
+            target = node.get("_target_", "") if hasattr(node, "get") else ""
+            raise CharLMError(
+                f"{key or target}: {cause}. Fix the value"
+                + (f" (`python train.py --cfg job` shows the {key} settings)" if key else "")
+            ) from None
         raise

@@ -131,9 +131,14 @@ class NetworkConfig:
                 raise CharLMError(
                     f"unknown model.{name} '{getattr(self, name)}': choose one of {', '.join(choices)}"
                 )
-        for name in ("hidden", "num_layers"):
-            if getattr(self, name) < 1:
-                raise CharLMError(f"{name} must be at least 1, got {getattr(self, name)}")
+        # hidden as typed (`hidden=32` sets every model's)
+        for name, value in (("hidden", self.hidden), ("model.num_layers", self.num_layers)):
+            if value < 1:
+                raise CharLMError(f"{name} must be at least 1, got {value}")
+        if self.embedding_dim is not None and self.embedding_dim < 1:
+            raise CharLMError(
+                f"model.embedding_dim must be at least 1 (null: one-hot inputs), got {self.embedding_dim}"
+            )
         for name in ("dropout", "weight_drop", "embedding_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise CharLMError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")

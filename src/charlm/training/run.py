@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -26,8 +27,9 @@ from charlm.models.network import NetworkConfig
 from charlm.report.events import ERROR_FILE
 from charlm.report.summary import RunSummary, job_name
 from charlm.training.ddp import ranks_of_one_job
+from charlm.training.faults import check_limits, said_in_one_line
 from charlm.training.resume import check_resumable
-from charlm.training.saving import AtomicCheckpointIO
+from charlm.training.saving import AtomicCheckpointIO, remove_abandoned_partials
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +113,15 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, CharLM, pl.Trainer]:
 
 def train_job(cfg: DictConfig) -> float | None:
     """`train`, except that in a multirun a failing job is logged (one line, and `error.txt` in its
-    directory for the sweep report) and the sweep goes on with the next job."""
+    directory for the sweep report) and the sweep goes on with the next job; and that a single run
+    refused before its first step leaves no run directory behind."""
     try:
         with ranks_of_one_job():  # DDP: a failing rank 1.. exits there, and rank 0 names it
             return train(cfg)
     except Exception as err:  # one job's failure must not cost the sweep its other jobs
         if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+            if isinstance(err, CharLMError) and not getattr(err, "trained", True):
+                remove_run_dir(Path(cfg.paths.output_dir))
             raise
         if isinstance(err, CharLMError):
             log.error("job failed: %s", err)
@@ -128,27 +133,61 @@ def train_job(cfg: DictConfig) -> float | None:
         return math.inf  # for a sweeper minimising the val loss: the worst
 
 
+def remove_run_dir(output_dir: Path) -> None:
+    """Delete the directory Hydra made for a run that was refused before it trained a step (its
+    config and an empty log), so that `logs/` and the report list only runs that ran. Only Hydra's
+    own run directory, only on rank 0, and never one holding a checkpoint."""
+    if not HydraConfig.initialized() or rank_zero_only.rank != 0:
+        return
+    if Path(HydraConfig.get().runtime.output_dir).resolve() != output_dir.resolve():
+        return
+    if output_dir.is_dir() and not any(output_dir.rglob("*.ckpt")):
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
 def train(cfg: DictConfig) -> float | None:
-    """Train, test with the best checkpoint, and return the best val loss (for Hydra sweepers)."""
-    check_open_groups(cfg)  # before the corpus is read: a typo costs a second, not a minute
-    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
-        raise CharLMError(
-            "trainer.accelerator=gpu, but torch sees no CUDA GPU here: use trainer=cpu, "
-            "or trainer=ddp_sim to try DDP on two CPU processes"
-        )
-    resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
-    datamodule, model, trainer = build(cfg)
-    if resume:
-        saved = read_checkpoint(resume)  # once: it checks every byte of the file
-        check_resumable(resume, saved, model, datamodule, trainer.world_size)
-        step = saved["global_step"]
-        del saved  # memory-mapped: not held open through training
-        log.info("resuming from %s", resume)
+    """Train, test with the best checkpoint, and return the best val loss (for Hydra sweepers).
+
+    A CharLMError says, in its `trained` attribute, whether the run had trained a step by then."""
+    trainer: pl.Trainer | None = None
+    first_step = 0
+    try:
+        with said_in_one_line(cfg):
+            check_open_groups(cfg)  # before the corpus is read: a typo costs a second, not a minute
+            check_limits(cfg)
+            if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+                raise CharLMError(
+                    "trainer.accelerator=gpu, but torch sees no CUDA GPU here: use trainer=cpu, "
+                    "or trainer=ddp_sim to try DDP on two CPU processes"
+                )
+            resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
+            datamodule, model, trainer = build(cfg)
+            if resume:
+                saved = read_checkpoint(resume)  # once: it checks every byte of the file
+                check_resumable(resume, saved, model, datamodule, trainer.world_size)
+                first_step = saved["global_step"]
+                del saved  # memory-mapped: not held open through training
+                log.info("resuming from %s", resume)
+                remove_abandoned_partials(resume.parent)
+            return _fit_and_test(cfg, datamodule, model, trainer, resume, first_step)
+    except CharLMError as err:
+        err.trained = trainer is not None and trainer.global_step > first_step
+        raise
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    datamodule: CharDataModule,
+    model: CharLM,
+    trainer: pl.Trainer,
+    resume: Path | None,
+    first_step: int,
+) -> float | None:
     started = time.monotonic()
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
-    if resume and trainer.global_step == step:
+    if resume and trainer.global_step == first_step:
         raise CharLMError(
-            f"nothing to resume: {resume} had finished its training (step {step}); "
+            f"nothing to resume: {resume} had finished its training (step {first_step}); "
             "raise trainer.max_epochs or ++trainer.max_steps to train it further"
         )
     best = float(model.best_val_loss.compute()) if model.best_val_loss.update_called else None

@@ -22,16 +22,25 @@ from omegaconf import DictConfig, OmegaConf
 _LONGEST_NAME = 100
 
 
-def claim_dir(parent: str) -> str:
+def claim_dir(parent: str | Path) -> str:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    Path(parent).mkdir(parents=True, exist_ok=True)
-    for n in count(1):
-        path = Path(parent) / (stamp if n == 1 else f"{stamp}_{n}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return str(path)
+    parent = Path(parent).expanduser()  # paths.log_dir=~/charlm-logs
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in count(1):
+            path = parent / (stamp if n == 1 else f"{stamp}_{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return str(path)
+    except OSError as err:
+        # Hydra resolves this before the run, where it would print any exception as a page of
+        # OmegaConf's frames: SystemExit passes through both, printing just the line
+        raise SystemExit(
+            f"cannot create a run directory in {parent}: {err.strerror or err} ({err.filename}). "
+            "Set paths.log_dir to a folder you can write to (e.g. paths.log_dir=~/charlm-logs)"
+        ) from None
     raise AssertionError("unreachable")
 
 

@@ -104,6 +104,8 @@ class EarlyStopping(callbacks.EarlyStopping):
             raise CharLMError(
                 f"callbacks.early_stopping.patience counts validations: 0 (off) or more, got {patience}"
             )
+        if min_delta < 0:
+            raise CharLMError(f"callbacks.early_stopping.min_delta must be 0 or more, got {min_delta}")
         super().__init__(
             monitor="val/loss",
             mode="min",

@@ -135,14 +135,17 @@ class SampleText(pl.Callback):
     ):
         if seed is None:
             raise CharLMError("callbacks.sample_text.seed must be a number: samples draw from their own seed")
+        for name, value in (("length", length), ("every_n_epochs", every_n_epochs)):
+            if value < 0:
+                raise CharLMError(f"callbacks.sample_text.{name} must be 0 (none) or more, got {value}")
         self.prompt, self.length, self.temperature = prompt, length, temperature
         self.every_n_epochs, self.seed = every_n_epochs, seed
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         try:  # a prompt the model cannot read fails now, not in an hour
-            generate(pl_module, self.prompt, length=0)
-        except CharLMError as err:
-            raise CharLMError(f"callbacks.sample_text.prompt={self.prompt!r}: {err}") from None
+            generate(pl_module, self.prompt, length=0, temperature=self.temperature)
+        except CharLMError as err:  # the prompt, or the temperature
+            raise CharLMError(f"callbacks.sample_text (prompt={self.prompt!r}): {err}") from None
 
     def _sample(self, pl_module: pl.LightningModule) -> str:
         try:
