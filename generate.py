@@ -26,8 +26,10 @@ def pick_device(setting: str) -> str:
         device = torch.device(setting)
     except RuntimeError:  # device=tpu: "Expected one of cpu, cuda, ipu, xpu, ..."
         device = None
-    if device is None or device.type not in ("cpu", "cuda"):
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
         raise CharLMError(f"device={setting} is no device generate.py knows: use auto, cpu, cuda or cuda:<n>")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CharLMError(f"device={setting}, but torch sees no Apple GPU here: use device=cpu (or auto)")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device.type == "cuda" and not gpus:
         raise CharLMError(f"device={setting}, but torch sees no GPU here: use device=cpu (or auto)")

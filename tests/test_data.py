@@ -303,6 +303,8 @@ def test_unusable_text_files_get_one_clear_line(
         # would decode silently, two bytes to one CJK character each
         ("utf-16-le", b"En un lugar de la Mancha\n" * 40 + "ñ".encode(), r"is UTF-8 text"),
         ("latin-1", "¡Hola, señor!\n".encode() * 40, r"is UTF-8 text, but data.encoding=latin-1"),
+        # ASCII is UTF-8 too: as utf-16-le it would be one CJK character per two letters
+        ("utf-16-le", b"First Citizen: speak, speak.\n" * 40, r"is UTF-8 text, but data.encoding=utf-16-le"),
     ],
 )
 def test_a_file_read_in_the_wrong_encoding_is_refused(
@@ -313,6 +315,15 @@ def test_a_file_read_in_the_wrong_encoding_is_refused(
     with pytest.raises(CharLMError, match=error) as raised:
         CharDataModule(DataConfig(path=str(path), seq_len=8, encoding=encoding)).setup()
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-8-sig"])
+def test_a_file_in_the_encoding_it_is_given_reads(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(("First Citizen: ¡speak, señor!\n" * 40).encode(encoding))
+    datamodule = CharDataModule(DataConfig(path=str(path), seq_len=8, encoding=encoding))
+    datamodule.setup()
+    assert "ñ" in datamodule.vocab.chars and "\ufeff" not in datamodule.vocab.chars
 
 
 def test_utf16_with_its_byte_order_mark_reads_and_the_mark_is_no_character(tmp_path: Path) -> None:

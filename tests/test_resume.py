@@ -311,6 +311,11 @@ def test_a_checkpoint_without_the_record_of_its_corpus_still_resumes(
     assert saved_step(tmp_path / "resumed" / "checkpoints" / "last.ckpt") == 24
 
 
+def with_byte_order_mark(saved: dict) -> None:
+    saved["hyper_parameters"]["vocab"].append("\ufeff")
+    del saved["datamodule_hyper_parameters"]["normalize"]
+
+
 def without_setting(saved: dict) -> None:
     del saved["hyper_parameters"]["network"]["locked_dropout"]
 
@@ -370,8 +375,25 @@ def without_training_state(saved: dict) -> None:
             ["data.num_workers=1"],
             "it was trained with data.num_workers=0, this run has data.num_workers=1",
         ),
+        # quijote.txt opens with U+FEFF, which a charlm before data.normalize kept as a character
+        (
+            with_byte_order_mark,
+            [],
+            "it was saved by an older charlm, whose vocabulary kept the file's byte-order mark "
+            "\\(U\\+FEFF\\), which is now dropped: start a new run",
+        ),
     ],
-    ids=["setting-added", "weight-missing", "weight-extra", "weights-only", "sgd", "lr", "cosine", "workers"],
+    ids=[
+        "setting-added",
+        "weight-missing",
+        "weight-extra",
+        "weights-only",
+        "sgd",
+        "lr",
+        "cosine",
+        "workers",
+        "bom",
+    ],
 )
 def test_a_resume_that_cannot_continue_is_one_line(
     tmp_path: Path,

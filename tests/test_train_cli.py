@@ -154,7 +154,7 @@ def test_values_out_of_range_are_one_clear_line(tmp_path: Path, override: str, e
         (["callbacks.early_stopping.min_delta=-1"], "callbacks.early_stopping.min_delta must be 0 or more"),
         (["scheduler=cosine", "scheduler.warmup_steps=-5"], "scheduler.warmup_steps must be 0 or more (-5)"),
         (["++trainer.precision=banana"], "trainer: Precision 'banana' is invalid"),
-        (["logger.tensorboard.save_dir=/dev/null/logs"], "could not write /dev/null/logs: Not a directory"),
+        (["logger.tensorboard.save_dir=/dev/null/logs"], "cannot access /dev/null/logs: Not a directory"),
     ],
 )
 def test_settings_out_of_range_are_refused_in_one_line(
@@ -166,6 +166,17 @@ def test_settings_out_of_range_are_refused_in_one_line(
     with pytest.raises(CharLMError) as refused:
         train(cfg)
     assert error in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_refused_run_in_a_folder_given_by_hand_keeps_it(tmp_path: Path) -> None:
+    """Only a run directory charlm made itself is removed when the run is refused: never one
+    given with hydra.run.dir (it may be `.`, the checkout)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = run_train(["data=names", *TINY, "hidden=-3", f"hydra.run.dir={mine}"], cwd=tmp_path)
+    assert result.returncode == 1 and "hidden must be at least 1" in result.stderr
+    assert (mine / "notes.txt").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("multirun", [False, True])

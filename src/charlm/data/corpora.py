@@ -63,12 +63,15 @@ def _decode(path: Path, encoding: str = "utf-8") -> str:
         raise CharLMError(f"unknown data.encoding {encoding!r}: try utf-8, latin-1 or cp1252") from None
     except UnicodeError as err:  # UnicodeDecodeError, and utf-16's "UTF-16 stream does not start with BOM"
         failure = err
-    if codecs.lookup(encoding).name != "utf-8" and not data.isascii() and _is_utf8(data):
+    name = codecs.lookup(encoding).name
+    # ASCII read as UTF-16 or -32 is garbage too; their own text of Latin letters has NUL bytes, UTF-8 none
+    wide = name.startswith(("utf-16", "utf-32")) and b"\x00" not in data
+    if name not in ("utf-8", "utf-8-sig") and (wide or not data.isascii()) and _is_utf8(data):
         raise CharLMError(
             f"{path} is UTF-8 text, but data.encoding={encoding} would read other characters from it: "
             "set data.encoding=utf-8"
         )
-    if codecs.lookup(encoding).name in ("utf-16", "utf-32") and not data.startswith(_BOMS):
+    if name in ("utf-16", "utf-32") and not data.startswith(_BOMS):
         raise CharLMError(
             f"{path} has no byte-order mark, so data.encoding={encoding} cannot tell its byte order: "
             f"give it, data.encoding={encoding}-le (or -be)"
@@ -114,7 +117,10 @@ class Download:
         if target in self._verified:
             return
         if target.exists():  # downloaded before, or put there by hand: never overwritten
-            actual = pooch.file_hash(str(target))
+            try:
+                actual = pooch.file_hash(str(target))
+            except OSError as err:
+                raise CharLMError(f"cannot read {target}: {err.strerror or err}") from None
             if actual != self.sha256:
                 raise CharLMError(
                     f"{target} is there, but its sha256 is {actual}, not the pinned {self.sha256}: "

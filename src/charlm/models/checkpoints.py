@@ -103,6 +103,10 @@ def _first_intact(candidates: list[Path]) -> tuple[Path, str] | None:
     return None
 
 
+# logs/multiruns/<date>/<job>/checkpoints is three folders below logs/
+_DEEPEST = 3
+
+
 def _runs_below(path: Path) -> list[Path]:
     """The run directories anywhere below `path` (those with a checkpoints/ folder), newest first:
     logs/ holds runs/<run>/ and multiruns/<date>/<job>/."""
@@ -110,7 +114,10 @@ def _runs_below(path: Path) -> list[Path]:
     for folder, subfolders, _ in os.walk(path):
         if "checkpoints" in subfolders and Path(folder) != path:
             runs.append(Path(folder))
-        subfolders[:] = [d for d in subfolders if d != "checkpoints" and not d.startswith(".")]
+        deep = len(Path(folder).relative_to(path).parts) >= _DEEPEST  # ckpt=~ must not walk the disk
+        subfolders[:] = (
+            [] if deep else [d for d in subfolders if d != "checkpoints" and not d.startswith(".")]
+        )
     return sorted(runs, key=lambda run: ((run / "checkpoints").stat().st_mtime, run.name), reverse=True)
 
 

@@ -28,6 +28,15 @@ _DISK_ERRORS = {
 }
 
 
+def _raised_by_lightning(err: BaseException) -> bool:
+    """Whether the innermost frame of `err` is Lightning's (not charlm's, nor a library's bug)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module.startswith(("pytorch_lightning", "lightning_fabric"))
+
+
 def out_of_memory(err: BaseException) -> bool:
     """A GPU's or the host's allocation failure (torch raises a RuntimeError on the CPU)."""
     return isinstance(err, torch.OutOfMemoryError) or (
@@ -51,11 +60,9 @@ def said_in_one_line(cfg: DictConfig) -> Iterator[None]:
     rejects midway comes out as a CharLMError naming the settings to change."""
     try:
         yield
-    except (
-        ValueError
-    ) as err:  # Lightning's, naming a Trainer argument: `val_check_interval` (100000) must be...
+    except ValueError as err:  # Lightning's naming a Trainer argument: `val_check_interval` (9) must...
         named = [key for key in (cfg.get("trainer") or {}) if re.search(rf"\b{key}\b", str(err))]
-        if not named:
+        if not named or not _raised_by_lightning(err):
             raise
         raise CharLMError(f"trainer.{named[0]}: {str(err).strip()}".replace("`", "")) from None
     except MisconfigurationException as err:  # Lightning's word for a setting it cannot use
@@ -79,14 +86,18 @@ def said_in_one_line(cfg: DictConfig) -> Iterator[None]:
 
 
 def write_refused(err: OSError) -> str:
-    """Why a file could not be written, and where to write instead."""
+    """Why a file of the run could not be written (or reached), and what to do."""
     file = err.filename or "a file of the run"
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         free = _free_space(Path(file))
-        fix = f"free space on its disk{free} or set paths.log_dir to another disk"
-    else:
-        fix = "set paths.log_dir to a folder you can write to"
-    return f"could not write {file}: {err.strerror or err}. The checkpoints saved before are intact; {fix}"
+        return (
+            f"could not write {file}: {err.strerror or err}. The checkpoints saved before are intact; "
+            f"free space on its disk{free} or set paths.log_dir to another disk"
+        )
+    return (
+        f"cannot access {file}: {err.strerror or err}. Check its permissions, or set paths.log_dir "
+        "(paths.data_dir for the corpora) to a folder you can write to"
+    )
 
 
 def _free_space(path: Path) -> str:

@@ -10,6 +10,7 @@ DataConfig marked `resume` in their metadata.
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,22 @@ def _corpus_differs(path: Path, checkpoint: dict[str, Any], datamodule: CharData
     )
 
 
+def _older_text(gone: set[str], new: set[str]) -> str:
+    """Why a checkpoint of a charlm from before text normalisation has another vocabulary, when
+    that is the only difference: '' otherwise."""
+    if "\ufeff" in gone:
+        return (
+            "it was saved by an older charlm, whose vocabulary kept the file's byte-order mark (U+FEFF), "
+            "which is now dropped: start a new run (generate.py still writes with it)"
+        )
+    if any(unicodedata.combining(c) for c in gone | new):
+        return (
+            "it was saved by an older charlm, which kept accents as the file writes them: "
+            "resume with data.normalize=null"
+        )
+    return ""
+
+
 def check_resumable(
     path: Path, checkpoint: dict[str, Any], model: CharLM, datamodule: CharDataModule, world_size: int
 ) -> None:
@@ -145,6 +162,10 @@ def check_resumable(
     if vocab != here:
         extra, missing = sorted(set(here) - set(vocab)), sorted(set(vocab) - set(here))
         changes = f"new here: {''.join(extra)[:40]!r}, gone: {''.join(missing)[:40]!r}"
+        if "normalize" not in checkpoint.get("datamodule_hyper_parameters", {"normalize": None}):
+            older = _older_text(set(missing), set(extra))
+            if older:
+                raise CharLMError(f"cannot resume from {path}: {older}")
         raise CharLMError(
             f"cannot resume from {path}: it was trained on another vocabulary ({len(vocab)} characters, "
             f"this corpus has {len(here)}; {changes}). "

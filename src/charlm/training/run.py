@@ -26,6 +26,7 @@ from charlm.models.lightning_module import CharLM
 from charlm.models.network import NetworkConfig
 from charlm.report.events import ERROR_FILE
 from charlm.report.summary import RunSummary, job_name
+from charlm.training import run_dirs
 from charlm.training.ddp import ranks_of_one_job
 from charlm.training.faults import check_limits, said_in_one_line
 from charlm.training.resume import check_resumable
@@ -134,12 +135,11 @@ def train_job(cfg: DictConfig) -> float | None:
 
 
 def remove_run_dir(output_dir: Path) -> None:
-    """Delete the directory Hydra made for a run that was refused before it trained a step (its
-    config and an empty log), so that `logs/` and the report list only runs that ran. Only Hydra's
-    own run directory, only on rank 0, and never one holding a checkpoint."""
-    if not HydraConfig.initialized() or rank_zero_only.rank != 0:
-        return
-    if Path(HydraConfig.get().runtime.output_dir).resolve() != output_dir.resolve():
+    """Delete the directory made for a run that was refused before it trained a step (its config
+    and an empty log), so that `logs/` and the report list only runs that ran. Only a directory
+    this process made new (`run_dirs.claimed`: never a `hydra.run.dir` given by hand), only on rank
+    0, and never one holding a checkpoint."""
+    if rank_zero_only.rank != 0 or output_dir.resolve() not in run_dirs.claimed:
         return
     if output_dir.is_dir() and not any(output_dir.rglob("*.ckpt")):
         shutil.rmtree(output_dir, ignore_errors=True)
@@ -160,6 +160,10 @@ def train(cfg: DictConfig) -> float | None:
                     "trainer.accelerator=gpu, but torch sees no CUDA GPU here: use trainer=cpu, "
                     "or trainer=ddp_sim to try DDP on two CPU processes"
                 )
+            if rank_zero_only.rank == 0 and cfg.get("paths"):  # runs/<run>/, multiruns/<date>/<job>/
+                for folder in ("*/*/checkpoints", "*/*/*/checkpoints"):
+                    for checkpoints in Path(cfg.paths.log_dir).expanduser().glob(folder):
+                        remove_abandoned_partials(checkpoints)
             resume = find_checkpoint(cfg.ckpt_path, which="last") if cfg.get("ckpt_path") else None
             datamodule, model, trainer = build(cfg)
             if resume:
@@ -168,7 +172,7 @@ def train(cfg: DictConfig) -> float | None:
                 first_step = saved["global_step"]
                 del saved  # memory-mapped: not held open through training
                 log.info("resuming from %s", resume)
-                remove_abandoned_partials(resume.parent)
+                remove_abandoned_partials(resume.parent)  # a run elsewhere than log_dir
             return _fit_and_test(cfg, datamodule, model, trainer, resume, first_step)
     except CharLMError as err:
         err.trained = trainer is not None and trainer.global_step > first_step

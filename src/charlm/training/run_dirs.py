@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # longer job names (in UTF-8 bytes) are cut, with a hash of the whole name so that they stay apart
 _LONGEST_NAME = 100
+# the run directories this process made: the only ones a refused run may remove (charlm.training.run)
+claimed: set[Path] = set()
 
 
 def claim_dir(parent: str | Path) -> str:
@@ -33,6 +35,7 @@ def claim_dir(parent: str | Path) -> str:
                 path.mkdir()
             except FileExistsError:
                 continue
+            claimed.add(path.resolve())
             return str(path)
     except OSError as err:
         # Hydra resolves this before the run, where it would print any exception as a page of

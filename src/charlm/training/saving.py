@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from charlm.errors import CharLMError
 
 log = logging.getLogger(__name__)
 
+# what torch's zip writer says when the file's write fails
+_WRITER_FAILED = re.compile(r"PytorchStreamWriter|inline_container|unexpected pos")
 # a save in progress writes its partial file continually; one untouched this long was cut short
 _ABANDONED_AFTER_SECONDS = 300
 
@@ -58,6 +61,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # a full disk, most often: the file's write fails with an OSError, torch's zip writer's with a
         # RuntimeError ("unexpected pos"): either way, nothing of the previous checkpoint is lost
         except (OSError, RuntimeError) as err:
+            if isinstance(err, RuntimeError) and not _WRITER_FAILED.search(str(err)):
+                raise  # a bug, or a GPU fault surfacing in the copy: not the disk's
             reason = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed"
             free = shutil.disk_usage(path.parent).free / 1e6
             raise CharLMError(
