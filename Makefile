@@ -30,7 +30,7 @@ benchmark: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/generate.py
 
-# On a GPU machine, about 8 minutes: every GPU figure of the README in one table. Without network,
+# On a GPU machine, about 8 minutes: every GPU figure of README.md and docs/ in one table. Without network,
 # as ../shared/gpu/README.md says: the project's .venv if there is one, else python3 (bootstrapped).
 gpu-check:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/gpu_check.py

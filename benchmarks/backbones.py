@@ -1,6 +1,6 @@
 """Training throughput of torch.nn's fused layers against the cells written from scratch.
 
-    python benchmarks/backbones.py                                  # CPU, the table in the README
+    python benchmarks/backbones.py                                  # CPU, the table in docs/backbones.md
     python benchmarks/backbones.py --device cuda --batch 64 --seq-len 100
     python benchmarks/backbones.py --compile                        # and the compiled scratch cells
 

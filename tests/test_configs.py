@@ -35,10 +35,11 @@ def test_groups_are_the_documented_ones() -> None:
     expected = {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "hparams_search"}
     expected |= {"experiment"}
     assert expected | {"paths", "hydra"} == set(GROUPS)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    docs = "\n".join(page.read_text(encoding="utf-8") for page in pages)
     for group in expected:
         for option in options(group):
-            assert f"`{option}`" in readme, f"README does not document {group}={option}"
+            assert f"`{option}`" in docs, f"neither README.md nor docs/ documents {group}={option}"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from charlm.training.run import train
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 
-# What each preset's comment and the README promise, key by key.
+# What each preset's comment, the README and docs/presets.md promise, key by key.
 PROMISES = {
     "shakespeare_char": {
         "data.corpus.name": "tinyshakespeare",
