@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from charlm import config
-from charlm.cli import check_keys_are_ascii, hydra_flags_first, quote_free_text
+from charlm.cli import check_extras_installed, check_keys_are_ascii, hydra_flags_first, quote_free_text
 from charlm.training import run_dirs
 from charlm.training.run import train_job
 
@@ -25,6 +25,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     check_keys_are_ascii()
+    check_extras_installed()
     hydra_flags_first()
     quote_free_text(
         text=["callbacks.sample_text.prompt"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 import unicodedata
@@ -34,6 +35,35 @@ def check_keys_are_ascii(argv: list[str] | None = None) -> None:
             plain = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode()
             raise SystemExit(
                 f"{arg}: setting names are plain ASCII: did you mean {plain}={arg.split('=', 1)[1]}?"
+            )
+
+
+# choices that need an optional extra: (override's key, value) -> (Hydra plugin module, extra)
+_OPTIONAL = {
+    ("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "search"),
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "search"),
+}
+
+
+def check_extras_installed(argv: list[str] | None = None) -> None:
+    """Exit with one line naming the extra to install when a choice needs a plugin that is not
+    installed (`hparams_search=optuna` without `charlm[search]`): Hydra would answer that the
+    config option does not exist."""
+    argv = sys.argv if argv is None else argv
+    for arg in argv[1:]:
+        key, _, value = arg.lstrip("+~").partition("=")
+        needs = _OPTIONAL.get((key, value))
+        if needs is None:
+            continue
+        module, extra = needs
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise SystemExit(
+                f"{arg} needs Hydra's Optuna sweeper, an optional extra: pip install 'charlm[{extra}]' "
+                f"(from a clone: pip install -e '.[{extra}]')"
             )
 
 
