@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint benchmark gpu-check tensorboard
+.PHONY: install demo test test-fast lint benchmark gpu-check tensorboard
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install.sh
@@ -21,6 +21,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The edit-test loop: every test but those marked slow (subprocess runs of train.py and
+# generate.py, DDP, sweeps, kills and resumes, golden runs); `make test` runs them all.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -63,6 +63,7 @@ def test_scratch_gradients_match_the_fused_ones(cell: str, layers: int) -> None:
 
 
 @pytest.mark.parametrize("stateful", [False, True], ids=["windows", "stateful"])
+@pytest.mark.slow
 def test_a_scratch_model_trains_as_the_fused_one(tmp_path: Path, text_file: Path, stateful: bool) -> None:
     """Same seed, so the same initial weights (the same draws, in the same order), the same steps;
     stateful, the scratch layers carry the same state from batch to batch."""

@@ -65,6 +65,7 @@ def _only_run(cwd: Path) -> Path:
 
 
 @pytest.mark.parametrize("layout", ["windows", "stateful"])
+@pytest.mark.slow
 def test_two_ranks_train_and_score_as_one_process_with_twice_the_batch(
     tmp_path: Path, text_file: Path, layout: str
 ) -> None:
@@ -96,6 +97,7 @@ def test_two_ranks_train_and_score_as_one_process_with_twice_the_batch(
     assert math.isfinite(two.chars_per_sec) and two.chars_per_sec > 0
 
 
+@pytest.mark.slow
 def test_a_ddp_sweep_runs_each_job_once_in_its_own_directory(tmp_path: Path, text_file: Path) -> None:
     """Lightning alone would start every rank on `-m ...`: a whole sweep per rank. A job that fails on
     every rank (divergence) is reported by rank 0, in its own words, and the sweep goes on with the
@@ -122,6 +124,7 @@ def test_a_ddp_sweep_runs_each_job_once_in_its_own_directory(tmp_path: Path, tex
     assert "| optimizer.lr=0.002 |" in report and "## Failed jobs" in report
 
 
+@pytest.mark.slow
 def test_a_stateful_ddp_checkpoint_resumes_on_as_many_devices_only(tmp_path: Path, text_file: Path) -> None:
     """Its carried state is one per rank's streams: another rank count would read other streams."""
     common = [*DDP_TINY, "data=textfile", f"data.path={text_file}", "data.stateful=true", "data.batch_size=4"]
@@ -138,6 +141,7 @@ def test_a_stateful_ddp_checkpoint_resumes_on_as_many_devices_only(tmp_path: Pat
 
 
 @pytest.mark.parametrize("layout", ["windows", "stateful"])
+@pytest.mark.slow
 def test_ctrl_c_under_ddp_saves_and_resumes_to_the_unbroken_runs_weights(tmp_path: Path, layout: str) -> None:
     """Ctrl+C reaches every rank (the terminal signals the process group): all stop at one step,
     rank 0 saves, and a resume on two ranks ends as the unbroken run did: same windows, same dropout
@@ -208,6 +212,7 @@ def test_ctrl_c_under_ddp_saves_and_resumes_to_the_unbroken_runs_weights(tmp_pat
         ),
     ],
 )
+@pytest.mark.slow
 def test_ddp_settings_that_cannot_work_are_one_line(
     tmp_path: Path, text_file: Path, setting: str, message: str
 ) -> None:
@@ -218,6 +223,7 @@ def test_ddp_settings_that_cannot_work_are_one_line(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_each_rank_draws_its_own_dropout_masks_from_one_data_order(tmp_path: Path, text_file: Path) -> None:
     """Seeded alike (the same initial weights), the ranks would drop the same units at every step;
     the windows each rank reads are still its share of one shuffle, seeded by the run's seed."""
@@ -275,6 +281,7 @@ def failing_at_step_2(text_file: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("rank", [1, 0])
+@pytest.mark.slow
 def test_a_failure_on_one_rank_ends_every_rank_within_seconds(
     tmp_path: Path, text_file: Path, rank: int
 ) -> None:
@@ -294,6 +301,7 @@ def test_a_failure_on_one_rank_ends_every_rank_within_seconds(
     assert not _processes_of(tmp_path)  # no rank left behind
 
 
+@pytest.mark.slow
 def test_a_sweep_goes_on_after_a_job_that_failed_on_one_rank(tmp_path: Path, text_file: Path) -> None:
     """Rank 1 fails alone: rank 0's next collective fails (gloo), and rank 0 names rank 1 as the
     cause rather than its own broken connection; then the next job runs, with ranks of its own."""
@@ -322,6 +330,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_a_rank_whose_rank_0_is_killed_ends_itself(tmp_path: Path) -> None:
     """Killed (SIGKILL, out of memory), rank 0 cannot end the ranks it started: each watches it."""
     errors = tmp_path / "rank.err"

@@ -155,6 +155,7 @@ def test_training_writes_samples_to_tensorboard(run_dir: Path) -> None:
     assert text.startswith("    ") and "\n    " in text  # a markdown code block keeps the lines
 
 
+@pytest.mark.slow
 def test_generate_py_prints_the_prompt_and_its_continuation(run_dir: Path) -> None:
     args = [f"ckpt={run_dir}", "prompt=JOSÉ", "length=40", "temperature=0.5", "seed=0"]
     first = run_generate(*args)
@@ -172,6 +173,7 @@ def test_generate_py_prints_the_prompt_and_its_continuation(run_dir: Path) -> No
     assert names.returncode == 0 and len(names.stdout.splitlines()) == 5
 
 
+@pytest.mark.slow
 def test_generate_py_errors_are_one_clear_line(run_dir: Path) -> None:
     unknown = run_generate(f"ckpt={run_dir}", "prompt=¿Qué, Sancho?")
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
@@ -273,6 +275,7 @@ def _cut(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+@pytest.mark.slow
 def test_a_run_whose_last_ckpt_is_truncated_takes_its_best_checkpoint(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -364,6 +367,7 @@ def test_resuming_from_a_plain_state_dict_says_it_is_no_charlm_checkpoint(
         train(cfg)  # it said: "trained on another vocabulary (0 characters ...)"
 
 
+@pytest.mark.slow
 def test_a_checkpoint_folder_without_permission_is_one_line(run_dir: Path, tmp_path: Path) -> None:
     locked = shutil.copytree(run_dir, tmp_path / "locked")
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
@@ -392,6 +396,7 @@ def test_a_checkpoint_folder_without_permission_is_one_line(run_dir: Path, tmp_p
     ],
     ids=["tiny-temperature", "huge-length", "device-tpu", "device-cuda7"],
 )
+@pytest.mark.slow
 def test_generate_py_settings_out_of_range_are_one_line(
     run_dir: Path, setting: str, said: str | None
 ) -> None:
@@ -404,6 +409,7 @@ def test_generate_py_settings_out_of_range_are_one_line(
     assert re.search(said, result.stderr), result.stderr
 
 
+@pytest.mark.slow
 def test_generate_py_piped_into_a_reader_that_stops_early_ends_quietly(run_dir: Path, tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "generate.py"), f"ckpt={run_dir}", "length=20"]
     with open(tmp_path / "stderr", "w") as stderr:

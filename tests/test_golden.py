@@ -15,6 +15,8 @@ import torch
 from conftest import TINY, run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+pytestmark = pytest.mark.slow  # each case is a train.py subprocess
+
 RUNS = {
     "lstm_windows_dropout": ["model=lstm", "model.dropout=0.1"],
     "gru_stateful_locked": [

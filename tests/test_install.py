@@ -54,6 +54,7 @@ def test_installing_charlm_leaves_sqlalchemy_2_where_it_is(tmp_path: Path) -> No
     assert search["sqlalchemy"].startswith("1.4") and "optuna" in search  # what the extra costs
 
 
+@pytest.mark.slow
 def test_hparams_search_without_its_extra_says_what_to_install(tmp_path: Path) -> None:
     """Without charlm[search], Hydra would say only that the sweeper option does not exist."""
     hide = tmp_path / "hide"

@@ -64,6 +64,7 @@ def report_rows(report: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_a_multirun_ends_with_its_report(sweep: tuple[subprocess.CompletedProcess, Path, float]) -> None:
     result, sweep_dir, duration = sweep
     report = (sweep_dir / "report.md").read_text(encoding="utf-8")
@@ -266,6 +267,7 @@ def test_jobs_with_the_same_overrides_keep_their_own_curves(tmp_path: Path) -> N
     assert [bar.get_width() for bar in bars.patches] == [pytest.approx(math.exp(v)) for v in (1.5, 1.8)]
 
 
+@pytest.mark.slow
 def test_a_failing_job_leaves_the_sweep_going_and_is_reported(tmp_path: Path) -> None:
     result = run_train(["-m", "data=names", "hidden=0,8", *TINY], cwd=tmp_path)
     assert result.returncode == 1  # scripts notice
@@ -381,6 +383,7 @@ def test_the_sweep_end_hook_reports_a_damaged_file_without_a_traceback(
     assert "damaged" in (copy / "report.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_runs_of_different_corpora_are_ranked_apart(
     sweep: tuple[subprocess.CompletedProcess, Path, float], tmp_path: Path, text_file: Path
 ) -> None:

@@ -62,6 +62,7 @@ def finish(process: subprocess.Popen) -> None:
 @pytest.mark.parametrize(
     "stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"]
 )
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_end(tmp_path: Path, stop: signal.Signals) -> None:
     """SIGKILL loses the steps since the last checkpoint; SIGINT (Ctrl+C) and SIGTERM (`kill`, a
     scheduler's notice) save at the next step."""
@@ -288,6 +289,7 @@ def test_a_resume_on_a_corpus_of_another_size_is_refused(
         resume(corpus, checkpoint, tmp_path / "resumed", "++trainer.max_steps=24")
 
 
+@pytest.mark.slow
 def test_a_resume_on_a_smaller_corpus_is_one_line(tmp_path: Path, finished: tuple[Path, Path]) -> None:
     _, checkpoint = finished
     corpus = tmp_path / "corpus.txt"

@@ -22,6 +22,7 @@ def _sweep(cwd: Path) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_optuna_search_minimises_the_val_loss_and_writes_its_result(tmp_path: Path, text_file: Path) -> None:
     # a value given on the command line is fixed, not searched; seq_len 200 leaves fewer than 6 batches
     dropped = (*(f"{key}=" for key in SEARCHED), "++trainer.val_check_interval=")
@@ -52,6 +53,7 @@ def test_optuna_search_minimises_the_val_loss_and_writes_its_result(tmp_path: Pa
     assert len(study.trials) == 2 and study.best_value == pytest.approx(found.best_value)
 
 
+@pytest.mark.slow
 def test_parallel_and_submitit_launchers_give_the_basic_launchers_results(
     tmp_path: Path, text_file: Path
 ) -> None:

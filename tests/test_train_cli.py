@@ -32,6 +32,7 @@ def session_hparams(multiplexer: EventMultiplexer, run: str) -> dict[str, object
     }
 
 
+@pytest.mark.slow
 def test_users_multirun_gives_two_named_runs_in_tensorboard(tmp_path: Path, quijote_dir) -> None:
     data_dir, extra = quijote_dir
     result = run_train(
@@ -63,6 +64,7 @@ def test_users_multirun_gives_two_named_runs_in_tensorboard(tmp_path: Path, quij
         assert "last.ckpt" in checkpoints and any(n.startswith("epoch") for n in checkpoints)
 
 
+@pytest.mark.slow
 def test_a_single_run_shorter_than_an_epoch(tmp_path: Path) -> None:
     result = run_train(["data=names", "hidden=8", *TINY, "++trainer.max_steps=3"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -86,6 +88,7 @@ def test_a_single_run_shorter_than_an_epoch(tmp_path: Path) -> None:
         ("model.hiden=3", ["Could not override 'model.hiden'", "Key 'hiden' not in 'NetworkConfig'"]),
     ],
 )
+@pytest.mark.slow
 def test_unknown_names_and_keys_are_refused_with_the_choices(
     tmp_path: Path, override: str, expected: list[str]
 ) -> None:
@@ -109,6 +112,7 @@ def test_unknown_names_and_keys_are_refused_with_the_choices(
         ("hídden=32", "hídden=32: setting names are plain ASCII: did you mean hidden=32?"),
     ],
 )
+@pytest.mark.slow
 def test_values_out_of_range_are_one_clear_line(tmp_path: Path, override: str, error: str) -> None:
     result = run_train(["data=names", *TINY, override], cwd=tmp_path)  # last: TINY sets seq_len too
     assert result.returncode != 0
@@ -168,6 +172,7 @@ def test_settings_out_of_range_are_refused_in_one_line(
     assert error in str(refused.value) and "\n" not in str(refused.value)
 
 
+@pytest.mark.slow
 def test_a_refused_run_in_a_folder_given_by_hand_keeps_it(tmp_path: Path) -> None:
     """Only a run directory charlm made itself is removed when the run is refused: never one
     given with hydra.run.dir (it may be `.`, the checkout)."""
@@ -180,6 +185,7 @@ def test_a_refused_run_in_a_folder_given_by_hand_keeps_it(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("multirun", [False, True])
+@pytest.mark.slow
 def test_a_log_dir_that_cannot_be_made_is_one_line(tmp_path: Path, multirun: bool) -> None:
     (tmp_path / "a_file").write_text("not a folder")
     args = ["-m", "hidden=8,16"] if multirun else []
@@ -194,6 +200,7 @@ def test_a_log_dir_that_cannot_be_made_is_one_line(tmp_path: Path, multirun: boo
 
 
 @pytest.mark.parametrize("full", ["samples.txt", "checkpoints/.last.ckpt.partial"])
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, full: str) -> None:
     """/dev/full answers every write with ENOSPC. samples.txt is left out with a warning and the
     run goes on; a checkpoint that cannot be written stops the run in one line, the best
@@ -216,6 +223,7 @@ def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path: Path, full: str) ->
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the test needs to lack")
 @pytest.mark.parametrize("trainer", ["gpu", "ddp"])
+@pytest.mark.slow
 def test_a_gpu_trainer_without_a_gpu_is_one_line(tmp_path: Path, trainer: str) -> None:
     result = run_train(["data=names", f"trainer={trainer}"], cwd=tmp_path)
     assert result.returncode == 1
@@ -223,6 +231,7 @@ def test_a_gpu_trainer_without_a_gpu_is_one_line(tmp_path: Path, trainer: str) -
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
     result = run_train(["--cfg", "job", "model=gru", "hidden=64"], cwd=tmp_path)
     assert result.returncode == 0
@@ -239,6 +248,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
         ("trainer.max_epochs=ten", "Value 'ten' of type 'str' could not be converted to Integer"),
     ],
 )
+@pytest.mark.slow
 def test_settings_of_the_wrong_type_are_named_before_anything_runs(
     tmp_path: Path, override: str, error: str
 ) -> None:
@@ -252,6 +262,7 @@ def test_settings_of_the_wrong_type_are_named_before_anything_runs(
     assert not empty.exists() and not (tmp_path / "logs").exists()  # nothing ran
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_the_step_and_a_suggestion(tmp_path: Path) -> None:
     result = run_train(["data=names", "hidden=8", *TINY, "optimizer.lr=1e37"], cwd=tmp_path)
     assert result.returncode != 0
@@ -261,6 +272,7 @@ def test_a_diverging_run_stops_with_the_step_and_a_suggestion(tmp_path: Path) ->
     assert not (run / "checkpoints").exists()  # nothing saved from the broken steps
 
 
+@pytest.mark.slow
 def test_download_failure_is_one_clear_line_and_leaves_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     result = run_train(
