@@ -1,12 +1,21 @@
-"""The one exception type for problems a user can fix, and Hydra's instantiate that names the
-setting at fault when the object it builds refuses its arguments."""
+"""The one exception type for problems a user can fix, the test for an allocation failure that
+training and generation both turn into one, and Hydra's instantiate that names the setting at
+fault when the object it builds refuses its arguments."""
 
 from typing import Any
 
+import torch
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """A GPU's or the host's allocation failure (torch raises a RuntimeError on the CPU), or Python's."""
+    return isinstance(err, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    )
 
 
 class CharLMError(CompactHydraException):

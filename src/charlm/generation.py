@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, out_of_memory
 from charlm.models.lightning_module import CharLM
 
 NEWLINE = "\n"
@@ -98,7 +98,7 @@ def _allocations_named(length: int, num: int) -> Iterator[None]:
     try:
         yield
     except (MemoryError, RuntimeError) as err:
-        if not isinstance(err, MemoryError | torch.OutOfMemoryError) and "allocate" not in str(err):
+        if not out_of_memory(err):
             raise
         raise _too_big(length, num, "an allocation failed") from None
 

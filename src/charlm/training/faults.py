@@ -14,7 +14,7 @@ import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig
 
-from charlm.errors import CharLMError
+from charlm.errors import CharLMError, out_of_memory
 
 # a write that the disk, not the code, refused
 _DISK_ERRORS = {
@@ -35,13 +35,6 @@ def _raised_by_lightning(err: BaseException) -> bool:
         tb = tb.tb_next
     module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
     return module.startswith(("pytorch_lightning", "lightning_fabric"))
-
-
-def out_of_memory(err: BaseException) -> bool:
-    """A GPU's or the host's allocation failure (torch raises a RuntimeError on the CPU)."""
-    return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
-    )
 
 
 def _size(err: BaseException) -> str:

@@ -9,9 +9,9 @@ DataConfig marked `resume` in their metadata.
 
 from __future__ import annotations
 
-import dataclasses
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,6 @@ def list_or_value(value: Any) -> Any:
     return list(value) if isinstance(value, list | tuple) else value
 
 
-def _defaults(config: type) -> dict[str, Any]:
-    return {
-        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        for f in dataclasses.fields(config)
-    }
-
-
 def _listed(names: list[str], most: int = 3) -> str:
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
@@ -55,8 +48,8 @@ def _settings_differ(
     network = model_settings(checkpoint)["network"]
     data = dict(checkpoint.get("datamodule_hyper_parameters", {}))
     predates = [k for k in resume_keys(NetworkConfig) if network and k not in network]
-    network = {**_defaults(NetworkConfig), **network} if network else {}
-    data = {**_defaults(DataConfig), **data} if data else {}
+    network = {**asdict(NetworkConfig()), **network} if network else {}
+    data = {**asdict(DataConfig()), **data} if data else {}
     if data.get("stride", 0) is None:  # saved through the Python API: windows every seq_len characters
         data["stride"] = data.get("seq_len")
     differ = [(k, network[k], model.hparams.network[k]) for k in resume_keys(NetworkConfig) if k in network]
@@ -84,7 +77,7 @@ def _weights_differ(path: Path, checkpoint: dict[str, Any], model: CharLM) -> No
     what += [f"it has {_listed(extra)}, which this model lacks"] if extra else []
     what += [f"{_listed(resized)} differ in shape"] if resized else []
     network = model_settings(checkpoint)["network"] or {}
-    predates = [f"model.{name}" for name in _defaults(NetworkConfig) if network and name not in network]
+    predates = [f"model.{name}" for name in asdict(NetworkConfig()) if network and name not in network]
     older = f"it predates {_listed(predates)}, so it was saved by an older charlm" if predates else ""
     raise CharLMError(
         f"cannot resume from {path}: its weights do not fit this model ({'; '.join(what)}): "
