@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from charlm import config
+from charlm.data.datamodule import DataConfig
 from charlm.training import run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +39,28 @@ TINY = [
 ]
 
 
+# the corpus caches of in-process tests: one folder for the session, not the checkout's data/cache
+_CACHE_DIR: Path | None = None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    global _CACHE_DIR
+    _CACHE_DIR = tmp_path_factory.mktemp("corpus-cache")
+
+
 def compose_train(overrides: list[str]) -> DictConfig:
+    """The config `python train.py <overrides>` runs; its corpus cache in the session's folder
+    unless the overrides name one."""
     config.register()  # as train.py does: the schema, and the run directories' resolvers
     run_dirs.register()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=[f"paths.cache_dir={_CACHE_DIR}"] * bool(_CACHE_DIR) + overrides)
+
+
+def data_config(path: Path, **settings: object) -> DataConfig:
+    """The data settings of a local corpus, its cache beside it rather than in the checkout."""
+    return DataConfig(path=str(path), cache_dir=str(Path(path).parent / "cache"), **settings)
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import data_config
 
 from charlm.data.corpora import CensusNames, Download, TextFiles
-from charlm.data.datamodule import STAGES, CharDataModule, DataConfig
+from charlm.data.datamodule import STAGES, CharDataModule
 from charlm.data.preprocess import preprocess
 from charlm.data.vocab import Vocabulary
 from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
@@ -82,7 +83,7 @@ def test_split_bounds_are_contiguous_and_validated() -> None:
 
 @pytest.mark.parametrize("stride", [1, 7, 16])
 def test_no_window_crosses_a_split_boundary(text_file: Path, stride: int) -> None:
-    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, stride=stride, splits=(0.8, 0.1, 0.1)))
+    dm = CharDataModule(data_config(text_file, seq_len=16, stride=stride, splits=(0.8, 0.1, 0.1)))
     dm.setup()
     n = len(text_file.read_text(encoding="utf-8"))
     bounds = dict(zip(STAGES, split_bounds(n, (0.8, 0.1, 0.1)), strict=True))
@@ -96,7 +97,7 @@ def test_no_window_crosses_a_split_boundary(text_file: Path, stride: int) -> Non
 
 
 def test_datamodule_batches(text_file: Path) -> None:
-    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, batch_size=8))
+    dm = CharDataModule(data_config(text_file, seq_len=16, batch_size=8))
     dm.setup()
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape == (8, 16) and x.dtype == torch.uint8
@@ -120,7 +121,7 @@ def test_datamodule_batches(text_file: Path) -> None:
 def test_batches_for_a_gpu_are_page_locked(text_file: Path, device: str, pinned: bool) -> None:
     """So that Lightning's copy to the device is asynchronous: from pageable memory the host would
     wait for the device's queue at every batch (not seen on a CPU, hence the loader's setting)."""
-    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, batch_size=8))
+    dm = CharDataModule(data_config(text_file, seq_len=16, batch_size=8))
     dm.setup()
     strategy = SimpleNamespace(root_device=torch.device(device), broadcast=lambda value: value)
     dm.trainer = SimpleNamespace(strategy=strategy, global_rank=0, world_size=1, current_epoch=0)
@@ -151,7 +152,7 @@ def test_ddp_ranks_read_their_own_streams_of_the_single_process_layout() -> None
 
 
 def test_stateful_datamodule_reads_the_streams_in_order(text_file: Path) -> None:
-    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, batch_size=8, stateful=True))
+    dm = CharDataModule(data_config(text_file, seq_len=16, batch_size=8, stateful=True))
     dm.setup()
     for stage in STAGES:
         loader = getattr(dm, f"{stage}_dataloader")()
@@ -159,11 +160,11 @@ def test_stateful_datamodule_reads_the_streams_in_order(text_file: Path) -> None
         assert all(x.shape[0] == 8 for x, _ in batches)
         assert all(torch.equal(b[0][:, 0], a[1][:, -1]) for a, b in itertools.pairwise(batches))
     with pytest.raises(CharLMError, match="val split has .* too few for 500 streams"):
-        CharDataModule(DataConfig(path=str(text_file), batch_size=500, stateful=True)).setup()
+        CharDataModule(data_config(text_file, batch_size=500, stateful=True)).setup()
 
 
 def test_a_split_shorter_than_one_window_is_refused(text_file: Path) -> None:
-    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, splits=(0.999, 0.001, 0.0)))
+    dm = CharDataModule(data_config(text_file, seq_len=16, splits=(0.999, 0.001, 0.0)))
     with pytest.raises(CharLMError, match="val split has .* fewer than one window"):
         dm.setup()
 
@@ -242,7 +243,7 @@ def test_a_file_put_by_hand_with_the_wrong_hash_is_named_and_kept(tmp_path: Path
 
 
 def test_stride_zero_is_refused(text_file: Path) -> None:
-    dm = CharDataModule(DataConfig(path=str(text_file), seq_len=16, stride=0))
+    dm = CharDataModule(data_config(text_file, seq_len=16, stride=0))
     with pytest.raises(CharLMError, match="stride"):
         dm.setup()
 
@@ -260,12 +261,12 @@ def test_a_latin1_file_is_named_with_its_byte_and_reads_with_data_encoding(tmp_p
     path.write_bytes("Volverán las oscuras golondrinas\n".encode("latin-1") * 50)
     expected = r"is not utf-8 text \(byte 6 is b'\\xe1'\): .* data.encoding=latin-1"  # 'á' in Latin-1
     with pytest.raises(CharLMError, match=expected):
-        CharDataModule(DataConfig(path=str(path), seq_len=8)).setup()
-    datamodule = CharDataModule(DataConfig(path=str(path), seq_len=8, encoding="latin-1"))
+        CharDataModule(data_config(path, seq_len=8)).setup()
+    datamodule = CharDataModule(data_config(path, seq_len=8, encoding="latin-1"))
     datamodule.setup()
     assert "á" in datamodule.vocab.chars
     with pytest.raises(CharLMError, match="unknown data.encoding 'klingon'"):
-        CharDataModule(DataConfig(path=str(path), encoding="klingon")).setup()
+        CharDataModule(data_config(path, encoding="klingon")).setup()
 
 
 @pytest.mark.parametrize(
@@ -286,7 +287,7 @@ def test_unusable_text_files_get_one_clear_line(
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(CharLMError, match=error) as raised:
-        CharDataModule(DataConfig(path=str(path), seq_len=100)).setup()
+        CharDataModule(data_config(path, seq_len=100)).setup()
     assert "\n" not in str(raised.value)
 
 
@@ -313,7 +314,7 @@ def test_a_file_read_in_the_wrong_encoding_is_refused(
     path = tmp_path / "corpus.txt"
     path.write_bytes(content)
     with pytest.raises(CharLMError, match=error) as raised:
-        CharDataModule(DataConfig(path=str(path), seq_len=8, encoding=encoding)).setup()
+        CharDataModule(data_config(path, seq_len=8, encoding=encoding)).setup()
     assert "\n" not in str(raised.value)
 
 
@@ -321,7 +322,7 @@ def test_a_file_read_in_the_wrong_encoding_is_refused(
 def test_a_file_in_the_encoding_it_is_given_reads(tmp_path: Path, encoding: str) -> None:
     path = tmp_path / "corpus.txt"
     path.write_bytes(("First Citizen: ¡speak, señor!\n" * 40).encode(encoding))
-    datamodule = CharDataModule(DataConfig(path=str(path), seq_len=8, encoding=encoding))
+    datamodule = CharDataModule(data_config(path, seq_len=8, encoding=encoding))
     datamodule.setup()
     assert "ñ" in datamodule.vocab.chars and "\ufeff" not in datamodule.vocab.chars
 
@@ -332,7 +333,7 @@ def test_utf16_with_its_byte_order_mark_reads_and_the_mark_is_no_character(tmp_p
     for encoding, file in (("utf-16", path), ("utf-8", tmp_path / "bom8.txt")):
         if encoding == "utf-8":
             file.write_text("\ufeff" + "¡Hola, señor!\n" * 40, encoding="utf-8")  # as quijote.txt opens
-        datamodule = CharDataModule(DataConfig(path=str(file), seq_len=8, encoding=encoding))
+        datamodule = CharDataModule(data_config(file, seq_len=8, encoding=encoding))
         datamodule.setup()
         assert "\ufeff" not in datamodule.vocab.chars and "ñ" in datamodule.vocab.chars
 
@@ -341,32 +342,32 @@ def test_text_is_nfc_normalised_unless_told_not_to(tmp_path: Path) -> None:
     """An accent written as a combining mark (e + U+0301) and a precomposed é are one character."""
     path = tmp_path / "corpus.txt"
     path.write_text(("cafe\u0301 y café\n") * 40, encoding="utf-8")
-    nfc = CharDataModule(DataConfig(path=str(path), seq_len=8))
+    nfc = CharDataModule(data_config(path, seq_len=8))
     nfc.setup()
     assert "é" in nfc.vocab.chars and "\u0301" not in nfc.vocab.chars
-    kept = CharDataModule(DataConfig(path=str(path), seq_len=8, normalize=None))
+    kept = CharDataModule(data_config(path, seq_len=8, normalize=None))
     kept.setup()
     assert {"é", "\u0301", "e"} <= set(kept.vocab.chars)
     with pytest.raises(CharLMError, match="data.normalize must be one of NFC"):
-        CharDataModule(DataConfig(path=str(path), normalize="nfc"))
+        CharDataModule(data_config(path, normalize="nfc"))
 
 
 def test_a_corpus_without_letters_names_letters_only(tmp_path: Path) -> None:
     path = tmp_path / "numbers.txt"
     path.write_text("3.14159 2.71828\n" * 50, encoding="utf-8")
     with pytest.raises(CharLMError, match="has no letters: data.letters_only=true leaves nothing"):
-        CharDataModule(DataConfig(path=str(path), seq_len=8, letters_only=True)).setup()
+        CharDataModule(data_config(path, seq_len=8, letters_only=True)).setup()
 
 
 def test_a_stride_longer_than_the_window_warns_how_much_is_skipped(
     text_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    CharDataModule(DataConfig(path=str(text_file), seq_len=10, stride=40)).setup()
+    CharDataModule(data_config(text_file, seq_len=10, stride=40)).setup()
     assert "data.stride=40 is longer than data.seq_len=10: the windows skip 75% of the text" in caplog.text
 
 
 def test_asking_for_a_test_split_that_is_not_there_is_one_line(text_file: Path) -> None:
-    datamodule = CharDataModule(DataConfig(path=str(text_file), seq_len=8, splits=[0.9, 0.1, 0]))
+    datamodule = CharDataModule(data_config(text_file, seq_len=8, splits=[0.9, 0.1, 0]))
     datamodule.setup()
     with pytest.raises(CharLMError, match=r"there is no test split: data.splits=\[0.9, 0.1, 0\]"):
         datamodule.test_dataloader()

@@ -9,10 +9,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from conftest import TINY, compose_train
+from conftest import TINY, compose_train, data_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from charlm.data.datamodule import CharDataModule, DataConfig
+from charlm.data.datamodule import CharDataModule
 from charlm.errors import CharLMError
 from charlm.models.checkpoints import load_model
 from charlm.models.lightning_module import CharLM
@@ -225,7 +225,7 @@ def test_bad_network_settings_are_refused(kwargs: dict, message: str) -> None:
 
 
 def test_stateful_validation_reads_each_stream_as_one_sequence(text_file: Path) -> None:
-    datamodule = CharDataModule(DataConfig(path=str(text_file), seq_len=16, batch_size=4, stateful=True))
+    datamodule = CharDataModule(data_config(text_file, seq_len=16, batch_size=4, stateful=True))
     datamodule.setup()
     model = CharLM(datamodule.vocab.chars, NetworkConfig(hidden=16, embedding_dim=8), stateful=True)
     trainer = pl.Trainer(

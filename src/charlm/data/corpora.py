@@ -1,16 +1,17 @@
 """Where corpus text comes from: a pinned download, local files, or a package that ships it.
 
-Each corpus is a small object with `fetch` (get the bytes onto disk, once) and `read` (return the
-text). Hydra builds them from `conf/data/*.yaml` (`corpus_of`), so a new corpus is a new YAML file.
+Each corpus is a small object with `fetch` (get the bytes onto disk, once), `pieces` (its text a
+piece at a time, for a corpus larger than memory), `nbytes` (their source bytes) and `read` (the
+text as one string). Hydra builds them from `conf/data/*.yaml` (`corpus_of`), so a new corpus is a
+new YAML file.
 """
 
 from __future__ import annotations
 
-import codecs
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from urllib.parse import unquote, urlparse
 import pooch
 import requests
 
+from charlm.data.decoding import file_pieces
 from charlm.errors import CharLMError, instantiate
 
 
@@ -27,6 +29,13 @@ class Corpus(Protocol):
 
     def fetch(self, data_dir: Path) -> None:
         """Make the text available offline (download into `data_dir`); a no-op when it already is."""
+
+    def pieces(self, data_dir: Path) -> Iterator[tuple[str, int]]:
+        """The text as (piece, source bytes) pairs, cut after a space or newline: a corpus larger
+        than memory is streamed, never one string."""
+
+    def nbytes(self, data_dir: Path) -> int:
+        """The source bytes `pieces` reads in all: the total of a progress bar while streaming."""
 
     def read(self, data_dir: Path) -> str:
         """The whole corpus as one string."""
@@ -49,56 +58,8 @@ def _why_download_failed(err: Exception, url: str) -> str:
 
 
 def _decode(path: Path, encoding: str = "utf-8") -> str:
-    """The file's text, or one line naming the file and the data.encoding to try. A file that is
-    valid UTF-8 but read as another encoding would decode without a word into the wrong characters
-    (accents as `Ã±`, or utf-16 turning every two bytes into one CJK character): refused too."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise CharLMError(f"cannot read {path}: {err.strerror or err}") from None
-    try:
-        text = data.decode(encoding)
-        failure = None
-    except LookupError:
-        raise CharLMError(f"unknown data.encoding {encoding!r}: try utf-8, latin-1 or cp1252") from None
-    except UnicodeError as err:  # UnicodeDecodeError, and utf-16's "UTF-16 stream does not start with BOM"
-        failure = err
-    name = codecs.lookup(encoding).name
-    # ASCII read as UTF-16 or -32 is garbage too; their own text of Latin letters has NUL bytes, UTF-8 none
-    wide = name.startswith(("utf-16", "utf-32")) and b"\x00" not in data
-    if name not in ("utf-8", "utf-8-sig") and (wide or not data.isascii()) and _is_utf8(data):
-        raise CharLMError(
-            f"{path} is UTF-8 text, but data.encoding={encoding} would read other characters from it: "
-            "set data.encoding=utf-8"
-        )
-    if name in ("utf-16", "utf-32") and not data.startswith(_BOMS):
-        raise CharLMError(
-            f"{path} has no byte-order mark, so data.encoding={encoding} cannot tell its byte order: "
-            f"give it, data.encoding={encoding}-le (or -be)"
-        )
-    if failure is not None:
-        where = (
-            f" (byte {failure.start} is {data[failure.start : failure.start + 1]!r})"
-            if hasattr(failure, "start")
-            else ""
-        )
-        raise CharLMError(
-            f"{path} is not {encoding} text{where}: if it is Latin-1 or Windows text, set "
-            "data.encoding=latin-1 (or cp1252); UTF-16 with a byte-order mark: data.encoding=utf-16; "
-            "a binary file is no corpus"
-        )
-    return text.removeprefix("\ufeff")  # a byte-order mark says how the file is encoded: no text
-
-
-_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_BE)  # and UTF-32-LE begins as 16-LE
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    """The whole file's text, refused as `file_pieces` refuses it: for files that fit in memory."""
+    return "".join(text for text, _ in file_pieces(path, encoding))
 
 
 class Download:
@@ -146,9 +107,16 @@ class Download:
             ) from None
         self._verified.add(target)
 
-    def read(self, data_dir: Path) -> str:
+    def pieces(self, data_dir: Path) -> Iterator[tuple[str, int]]:
         self.fetch(data_dir)
-        return _decode(self.path(data_dir))
+        yield from file_pieces(self.path(data_dir))
+
+    def nbytes(self, data_dir: Path) -> int:
+        self.fetch(data_dir)
+        return self.path(data_dir).stat().st_size
+
+    def read(self, data_dir: Path) -> str:
+        return "".join(piece for piece, _ in self.pieces(data_dir))
 
 
 class TextFiles:
@@ -178,8 +146,17 @@ class TextFiles:
     def fetch(self, data_dir: Path) -> None:
         self.files()
 
+    def pieces(self, data_dir: Path) -> Iterator[tuple[str, int]]:
+        for i, path in enumerate(self.files()):
+            if i:
+                yield "\n", 0  # the files' separator: a newline is a safe cut
+            yield from file_pieces(path, self.encoding)
+
+    def nbytes(self, data_dir: Path) -> int:
+        return sum(path.stat().st_size for path in self.files())
+
     def read(self, data_dir: Path) -> str:
-        return "\n".join(_decode(p, self.encoding) for p in self.files())
+        return "".join(piece for piece, _ in self.pieces(data_dir))
 
 
 class CensusNames:
@@ -194,6 +171,13 @@ class CensusNames:
 
     def fetch(self, data_dir: Path) -> None:
         pass
+
+    def pieces(self, data_dir: Path) -> Iterator[tuple[str, int]]:
+        text = self.read(data_dir)  # a few hundred kB, built in memory: one piece
+        yield text, len(text.encode())
+
+    def nbytes(self, data_dir: Path) -> int:
+        return len(self.read(data_dir).encode())
 
     def read(self, data_dir: Path) -> str:
         package = resources.files("names")

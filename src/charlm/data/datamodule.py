@@ -1,4 +1,4 @@
-"""The LightningDataModule: corpus -> preprocessing -> vocabulary -> ids -> windowed splits."""
+"""The LightningDataModule: a corpus encoded once (charlm.data.cache) -> ids -> windowed splits."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset, DistributedSampler, Sampler, default_convert
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from charlm.data.cache import TextSettings, encode_once
 from charlm.data.corpora import Corpus, corpus_of
-from charlm.data.preprocess import FORMS, preprocess
+from charlm.data.preprocess import FORMS
 from charlm.data.vocab import Vocabulary
 from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
@@ -42,6 +43,9 @@ class DataConfig:
     encoding: str = "utf-8"
     # the download cache (paths.data_dir)
     data_dir: str = "data"
+    # where each corpus is encoded once and memory-mapped by every later run (paths.cache_dir);
+    # null: encode it in memory at every run
+    cache_dir: str | None = "data/cache"
     seq_len: int = resumable(100)
     # windows start every `stride` characters; null: seq_len (non-overlapping chunks); 1: every window
     stride: int | None = resumable(None)
@@ -112,17 +116,10 @@ class CharDataModule(pl.LightningDataModule):
         if self.vocab is not None:
             return
         config = self.config
-        raw = self.corpus.read(self.data_dir)
-        text = preprocess(raw, config.lowercase, config.letters_only, config.normalize)
-        if not raw:
-            raise CharLMError(f"corpus '{self.corpus.name}' is empty")
-        if config.letters_only and not text.strip():
-            raise CharLMError(
-                f"corpus '{self.corpus.name}' has no letters: data.letters_only=true leaves nothing of it; "
-                "drop data.letters_only"
-            )
-        self.vocab = Vocabulary.from_text(text)
-        ids = self.vocab.encode(text)
+        settings = TextSettings(config.lowercase, config.letters_only, config.normalize)
+        cache_dir = None if config.cache_dir is None else Path(config.cache_dir)
+        encoded = encode_once(self.corpus, self.data_dir, settings, cache_dir)
+        self.vocab, ids = encoded.vocab, encoded.ids
         for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.config.splits), strict=True):
             if name == "test" and not self.config.splits[2]:  # nanoGPT's 90/10: no test split, no test
                 continue

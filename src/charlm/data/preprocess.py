@@ -3,6 +3,7 @@ optionally what the course notebooks do (lowercase, letters only)."""
 
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 
 FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 
@@ -17,9 +18,8 @@ def preprocess(
     Letters are what `str.isalpha` says (ñ, á, ç, ...), after NFC normalisation so that an accent
     written as a separate combining mark stays on its letter.
     """
+    _check_form(normalize)
     if normalize is not None:
-        if normalize not in FORMS:
-            raise ValueError(f"unknown Unicode form {normalize!r}: choose one of {', '.join(FORMS)}")
         text = unicodedata.normalize(normalize, text)
     if lowercase:
         text = text.lower()
@@ -29,3 +29,28 @@ def preprocess(
         if others:
             text = re.sub(f"[{re.escape(''.join(others))}]+", " ", text)
     return text
+
+
+def preprocess_pieces(
+    pieces: Iterable[str], lowercase: bool = False, letters_only: bool = False, normalize: str | None = "NFC"
+) -> Iterator[str]:
+    """`preprocess` piece by piece, for a corpus larger than memory: the joined output is that of
+    the joined pieces when every cut is next to a space or newline (`file_pieces` cuts after one, a
+    corpus of files puts a newline between them). No accent combines across such a cut and no Greek
+    final sigma looks past it. The one effect that does: letters_only collapses a run of non-letters
+    to one space, and a run cut in two would give two, so a piece's leading space goes when the
+    previous output ended with one. Never yields ''."""
+    _check_form(normalize)
+    after_space = False
+    for piece in pieces:
+        out = preprocess(piece, lowercase, letters_only, normalize)
+        if letters_only and after_space:
+            out = out.removeprefix(" ")
+        if out:
+            after_space = out.endswith(" ")
+            yield out
+
+
+def _check_form(normalize: str | None) -> None:
+    if normalize is not None and normalize not in FORMS:
+        raise ValueError(f"unknown Unicode form {normalize!r}: choose one of {', '.join(FORMS)}")
