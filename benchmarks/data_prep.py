@@ -167,7 +167,7 @@ def main() -> None:
     print(f"1. first run, encoding the cache: {runs['build']['seconds']:.1f} s", flush=True)
     setup = run(["-c", SETUP, str(corpus), str(cache)], env)
     setup_seconds = float(re.search(r"setup_seconds=([\d.]+)", setup["output"])[1])
-    print(f"2. a second process's data set-up: {setup_seconds:.2f} s", flush=True)
+    print(f"2. a second process's data set-up: {setup_seconds:.3f} s", flush=True)
     runs["mapped"] = run([*train, f"paths.cache_dir={cache}"], env)
     print(f"3. second run, mapping the cache: {runs['mapped']['seconds']:.1f} s", flush=True)
     runs["ddp"] = run([*train, f"paths.cache_dir={cache}", "trainer=ddp_sim"], env)

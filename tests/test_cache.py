@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train, run_train
+import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+from conftest import ROOT, SUBPROCESS_ENV, TINY, compose_train, data_config, run_train
 
 from charlm.data import cache as cache_module
-from charlm.data import file_hashes
+from charlm.data import file_hashes, mapped
 from charlm.data.cache import IDS, META, TextSettings, encode_once
 from charlm.data.corpora import TextFiles
 from charlm.data.datamodule import CharDataModule, DataConfig
 from charlm.data.preprocess import preprocess
 from charlm.data.vocab import Vocabulary
 from charlm.errors import CharLMError
+from charlm.models.lightning_module import CharLM
+from charlm.models.network import NetworkConfig
 from charlm.training.run import train
 
 PLAIN = TextSettings()
@@ -87,14 +94,19 @@ def test_a_changed_file_or_setting_gets_a_new_cache_never_a_stale_one(tmp_path: 
 def test_an_unchanged_file_is_not_read_again_to_know_it(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "corpus.txt"
     path.write_text(SPANISH * 20, encoding="utf-8")
-    old = time.time() - 60
-    os.utime(path, (old, old))  # written a minute ago: its hash can be trusted while it stays so
+    # hashed two seconds after it was written: past the clock tick in which a write could hide
+    later = SimpleNamespace(time_ns=lambda: time.time_ns() + 2_000_000_000)
+    monkeypatch.setattr(file_hashes, "time", later)
     encode(path, tmp_path / "cache")
     hashed = []
-    real = file_hashes.sha256_of_file
-    monkeypatch.setattr(file_hashes, "sha256_of_file", lambda p: hashed.append(p) or real(p))
+    for module in (file_hashes, cache_module):  # the corpus's files, and the cache's ids
+        real = module.sha256_of_file
+        monkeypatch.setattr(module, "sha256_of_file", lambda p, real=real: hashed.append(p) or real(p))
     assert not encode(path, tmp_path / "cache").built
     assert hashed == []
+    path.write_text(SPANISH * 20, encoding="utf-8")  # rewritten: read again, the same content
+    assert not encode(path, tmp_path / "cache").built
+    assert hashed == [path]
 
 
 @pytest.mark.parametrize(
@@ -293,3 +305,135 @@ def test_a_build_cut_short_leaves_no_cache_that_looks_whole(tmp_path: Path, monk
     assert not (folder / META).exists() and not list(folder.glob(".*.partial"))
     monkeypatch.undo()
     assert encode(path, tmp_path / "cache").built  # and the next run builds it whole
+
+
+def test_verify_reads_a_cache_whose_damage_kept_its_file_time(tmp_path: Path) -> None:
+    """charlm.prepare's check: the sha256 even when the file's time says it is unchanged."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(SPANISH * 20, encoding="utf-8")
+    good = encode(path, tmp_path / "cache")
+    expected, ids = good.ids.clone(), good.folder / IDS
+    del good
+    stat = ids.stat()
+    ids.write_bytes(b"\x00" + ids.read_bytes()[1:])
+    os.utime(ids, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert not encode(path, tmp_path / "cache").built  # trusted by its time, as designed
+    checked = encode_once(TextFiles(path), tmp_path, PLAIN, tmp_path / "cache", verify=True)
+    assert checked.built and torch.equal(checked.ids, expected)
+
+
+def test_a_file_changed_after_it_was_hashed_is_never_filed_under_its_old_content(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text(SPANISH * 20, encoding="utf-8")
+    real = file_hashes.FileHashes.lookup
+
+    def hashed_then_edited(self, file: Path):
+        found = real(self, file)
+        file.write_text("otro texto\n" * 20, encoding="utf-8")
+        return found
+
+    monkeypatch.setattr(file_hashes.FileHashes, "lookup", hashed_then_edited)
+    with pytest.raises(CharLMError, match=r"corpus.txt changed while corpus 'textfile' was being encoded"):
+        encode(path, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob(f"*/{META}"))  # nothing filed
+    monkeypatch.undo()
+    again = encode(path, tmp_path / "cache")
+    assert again.vocab.decode(again.ids[:11]) == "otro texto\n"
+
+
+def test_wide_vocabularies_reach_the_model_as_int32_batches(tmp_path: Path) -> None:
+    text = "".join(chr(c) for c in range(0x100, 0x100 + 300)) + "\n"
+    path = tmp_path / "wide.txt"
+    path.write_text(text * 20, encoding="utf-8")
+    for stateful in (False, True):
+        datamodule = CharDataModule(
+            data_config(path, seq_len=16, batch_size=4, normalize=None, stateful=stateful)
+        )
+        datamodule.setup()
+        assert datamodule.ids["train"].dtype == torch.uint16
+        x, y = next(iter(datamodule.train_dataloader()))
+        assert x.dtype == y.dtype == torch.int32 and torch.equal(x[:, 1:], y[:, :-1])
+        model = CharLM(datamodule.vocab.chars, NetworkConfig(hidden=8, embedding_dim=4))
+        logits, _ = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten().long())
+        loss.backward()
+        assert torch.isfinite(loss)
+
+
+def test_datasets_over_the_map_pickle_as_its_file_name_not_its_bytes(tmp_path: Path) -> None:
+    """A spawned DataLoader worker or ddp_spawn rank maps the file itself instead of receiving a
+    shared-memory copy of the corpus."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(SPANISH * 2000, encoding="utf-8")  # 164 KB of ids
+    for stateful in (False, True):
+        datamodule = CharDataModule(data_config(path, seq_len=16, batch_size=4, stateful=stateful))
+        datamodule.setup()
+        dataset = datamodule._dataset("train")
+        payload = io.BytesIO()
+        ForkingPickler(payload).dump(dataset)
+        tensor = next(v for v in vars(dataset).values() if isinstance(v, torch.Tensor))
+        assert not tensor.is_shared()  # torch's pickler would have copied it into shared memory
+        copy = pickle.loads(payload.getvalue())
+        copied = next(v for v in vars(copy).values() if isinstance(v, torch.Tensor))
+        assert str(path.parent / "cache") in str(mapped._MAPS[copied.untyped_storage().data_ptr()][0])
+        assert len(copy) == len(dataset)
+        for index in (0, len(dataset) - 1):
+            assert all(torch.equal(a, b) for a, b in zip(copy[index], dataset[index], strict=True))
+
+
+@pytest.mark.slow
+def test_a_spawned_loader_worker_reads_the_same_batches(tmp_path: Path, text_file: Path) -> None:
+    config = data_config(text_file, seq_len=16, batch_size=8, num_workers=1)
+    datamodule = CharDataModule(config)
+    datamodule.setup()
+    loader = datamodule.train_dataloader()
+    here = [batch for batch in datamodule.train_dataloader()]
+    spawned = torch.utils.data.DataLoader(
+        loader.dataset,
+        batch_size=8,
+        sampler=loader.sampler,
+        num_workers=1,
+        multiprocessing_context="spawn",
+        collate_fn=torch.utils.data.default_convert,
+    )
+    for (x, y), (x2, y2) in zip(here, spawned, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_a_corpus_object_of_ones_own_needs_only_read(tmp_path: Path) -> None:
+    class Poems:
+        name = "poems"
+
+        def fetch(self, data_dir: Path) -> None:
+            pass
+
+        def read(self, data_dir: Path) -> str:
+            return SPANISH * 10
+
+    encoded = encode_once(Poems(), tmp_path, PLAIN, tmp_path / "cache")
+    assert encoded.built and encoded.vocab.decode(encoded.ids[:20]) == SPANISH[:20]
+    assert not encode_once(Poems(), tmp_path, PLAIN, tmp_path / "cache").built
+
+
+@pytest.mark.slow
+def test_prepare_refuses_bad_splits_before_encoding(tmp_path: Path, text_file: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "charlm.prepare",
+            "data=textfile",
+            f"data.path={text_file}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "data.splits=[0.5,0.5,0.5]",
+        ],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "must be non-negative and sum to 1" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "cache").exists()

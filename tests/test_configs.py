@@ -88,7 +88,9 @@ def test_the_default_run_is_the_code_defaults() -> None:
     assert typed(cfg.model, NetworkConfig) == NetworkConfig()
     assert OmegaConf.to_container(cfg.optimizer) == asdict(OptimizerConfig())
     data = typed(cfg.data, DataConfig)
-    assert {**asdict(data), "corpus": None, "data_dir": "data", "cache_dir": "data/cache"} == asdict(DataConfig())
+    assert {**asdict(data), "corpus": None, "data_dir": "data", "cache_dir": "data/cache"} == asdict(
+        DataConfig()
+    )
 
 
 def test_a_setting_of_the_wrong_type_is_refused_as_the_config_composes() -> None:

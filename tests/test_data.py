@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import data_config
+from torch.utils.data import DistributedSampler
 
 from charlm.data.corpora import CensusNames, Download, TextFiles
 from charlm.data.datamodule import STAGES, CharDataModule
 from charlm.data.preprocess import preprocess
+from charlm.data.sampling import ShuffledWindows
 from charlm.data.vocab import Vocabulary
 from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
@@ -371,3 +373,20 @@ def test_asking_for_a_test_split_that_is_not_there_is_one_line(text_file: Path) 
     datamodule.setup()
     with pytest.raises(CharLMError, match=r"there is no test split: data.splits=\[0.9, 0.1, 0\]"):
         datamodule.test_dataloader()
+
+
+@pytest.mark.parametrize("windows", [1, 7, 100, 1001])
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+@pytest.mark.parametrize("shuffle, drop_last", [(True, False), (False, False), (True, True)])
+def test_shuffled_windows_deal_torchs_order_without_its_list(
+    windows: int, replicas: int, shuffle: bool, drop_last: bool
+) -> None:
+    """The same indices, in the same order, for every rank and epoch: runs and resumes keep the
+    order they had with torch's DistributedSampler, whose list cost 36 bytes a window."""
+    dataset = range(windows)
+    for rank, epoch in itertools.product(range(replicas), (0, 3)):
+        ours = ShuffledWindows(dataset, replicas, rank, shuffle=shuffle, seed=1234, drop_last=drop_last)
+        torchs = DistributedSampler(dataset, replicas, rank, shuffle=shuffle, seed=1234, drop_last=drop_last)
+        ours.set_epoch(epoch)
+        torchs.set_epoch(epoch)
+        assert list(ours) == list(torchs) and len(ours) == len(torchs)

@@ -45,6 +45,7 @@ def prepare(settings: DataConfig) -> tuple[EncodedCorpus, float]:
     """Encode the corpus into its cache (or check the one there); the seconds it took."""
     if settings.cache_dir is None:
         raise CharLMError("paths.cache_dir=null keeps no cache to prepare: give it a folder")
+    split_bounds(0, settings.splits)  # bad fractions refused before the encoding, not after
     datamodule = CharDataModule(settings)
     datamodule.prepare_data()
     started = time.perf_counter()
@@ -89,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = data_config(argv[1:])
         encoded, seconds = prepare(settings)
+        print(summary(encoded, settings, seconds))
     except CharLMError as err:
         print(err, file=sys.stderr)
         return 1
     except (HydraException, OmegaConfBaseException) as err:  # an override Hydra refuses
         print(str(err).splitlines()[0], file=sys.stderr)
         return 1
-    print(summary(encoded, settings, seconds))
     return 0
 
 

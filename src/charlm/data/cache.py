@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -50,6 +51,7 @@ from rich.progress import (
 
 from charlm.data.corpora import Corpus, Download, TextFiles
 from charlm.data.file_hashes import FileHashes, sha256_of_file, stat_signature
+from charlm.data.mapped import map_ids
 from charlm.data.preprocess import preprocess_pieces
 from charlm.data.vocab import Vocabulary
 from charlm.errors import CharLMError
@@ -99,41 +101,77 @@ def encode_once(
     `verify`: check a cache already there against its sha256 (else only when its file changed).
     """
     if cache_dir is None:
+        source = _Source.of(corpus, data_dir, None)
         with _bar(corpus, data_dir, progress) as bar:
-            vocab, ids, meta = _encode(corpus, data_dir, settings, None, bar)
+            vocab, ids, meta = _encode(corpus, data_dir, settings, source, None, bar)
         return EncodedCorpus(vocab, torch.from_numpy(ids), None, meta, built=True)
     cache_dir = Path(cache_dir).expanduser()
     hashes = FileHashes(cache_dir / "file-hashes.json")
-    source = source_identity(corpus, data_dir, hashes)
-    key = hashlib.sha256(
-        json.dumps(
-            {"format": FORMAT, "source": source, "settings": asdict(settings)}, sort_keys=True
-        ).encode()
-    ).hexdigest()
-    name = re.sub(r"[^\w.-]", "_", corpus.name)
-    folder = cache_dir / f"{name}-{key[:16]}"
+    source = _Source.of(corpus, data_dir, hashes)
+    hashes.save()
+    content = {
+        "format": FORMAT,
+        "source": source.identity,
+        "settings": asdict(settings),
+        "unicode": unicodedata.unidata_version,  # NFC, lower() and isalpha() follow it
+    }
+    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    folder = cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', corpus.name)}-{key[:16]}"
     meta, problem = check_cache(folder, key, verify)
     built = meta is None
     if built:
-        meta, built = _build_under_lock(corpus, data_dir, settings, folder, key, source, progress, problem)
-    hashes.save()
+        meta, built = _build_under_lock(
+            corpus, data_dir, settings, folder, key, source, progress, problem, verify
+        )
     return replace(map_cache(folder, meta), built=built)
 
 
-def source_identity(corpus: Corpus, data_dir: Path, hashes: FileHashes) -> dict[str, Any]:
-    """What the corpus's text is made of: its files' sha256 in reading order and their encoding
-    (the same files anywhere are the same corpus), or the sha256 of a text built in memory."""
-    files = _source_files(corpus, data_dir)
-    if files is None:
-        digest = hashlib.sha256()
-        for text, _ in corpus.pieces(data_dir):
-            digest.update(text.encode("utf-8", "surrogatepass"))
-        return {"kind": type(corpus).__name__, "text_sha256": digest.hexdigest()}
-    return {
-        "kind": "files",
-        "encoding": getattr(corpus, "encoding", "utf-8"),
-        "sha256": [hashes.sha256(path) for path in files],
-    }
+@dataclass(frozen=True)
+class _Source:
+    """What a corpus's text is made of: its files' sha256 in reading order and their encoding (the
+    same files anywhere are the same corpus), or the sha256 of a text built in memory; and the
+    files' state when hashed, which an encoding checks it read (else it would file other text
+    under this content's key)."""
+
+    identity: dict[str, Any]
+    files: tuple[Path, ...] = ()
+    signatures: tuple[tuple[int, ...], ...] = ()
+
+    @classmethod
+    def of(cls, corpus: Corpus, data_dir: Path, hashes: FileHashes | None) -> _Source:
+        files = _source_files(corpus, data_dir)
+        if files is None:
+            if hashes is None:  # in memory: nothing to key
+                return cls({})
+            digest = hashlib.sha256()
+            for text, _ in _pieces(corpus, data_dir):
+                digest.update(text.encode("utf-8", "surrogatepass"))
+            return cls({"kind": type(corpus).__name__, "text_sha256": digest.hexdigest()})
+        if hashes is None:
+            return cls({}, tuple(files), tuple(tuple(_signature(path, corpus)) for path in files))
+        looked_up = [hashes.lookup(path) for path in files]
+        identity = {
+            "kind": "files",
+            "encoding": getattr(corpus, "encoding", "utf-8"),
+            "sha256": [digest for digest, _ in looked_up],
+        }
+        return cls(identity, tuple(files), tuple(tuple(signature) for _, signature in looked_up))
+
+    def check_unchanged(self, corpus: Corpus) -> None:
+        """Refuse the encoding if a file changed since it was hashed (or since the encoding began)."""
+        for path, signature in zip(self.files, self.signatures, strict=True):
+            if tuple(_signature(path, corpus)) != signature:
+                raise CharLMError(
+                    f"{path} changed while corpus '{corpus.name}' was being encoded: "
+                    "run again once it is written"
+                )
+
+
+def _signature(path: Path, corpus: Corpus) -> list[int]:
+    try:
+        return stat_signature(path)
+    except OSError as err:
+        raise CharLMError(f"corpus '{corpus.name}': cannot read {path}: {err.strerror or err}") from None
 
 
 def _source_files(corpus: Corpus, data_dir: Path) -> list[Path] | None:
@@ -145,11 +183,24 @@ def _source_files(corpus: Corpus, data_dir: Path) -> list[Path] | None:
     return None
 
 
+def _pieces(corpus: Corpus, data_dir: Path) -> Iterator[tuple[str, int]]:
+    """The corpus's text piece by piece; a corpus object of one's own may have only `read`."""
+    if hasattr(corpus, "pieces"):
+        return corpus.pieces(data_dir)
+    text = corpus.read(data_dir)
+    return iter([(text, len(text.encode("utf-8", "surrogatepass")))])
+
+
+def _nbytes(corpus: Corpus, data_dir: Path) -> int:
+    return corpus.nbytes(data_dir) if hasattr(corpus, "nbytes") else 0
+
+
 def check_cache(folder: Path, key: str, verify: bool = False) -> tuple[dict[str, Any] | None, str | None]:
     """The cache's meta.json if its ids are whole, else (None, why not; None when never built).
 
-    Its size is checked at every call; its sha256 only when its file's size, inode or change times
-    differ from those written at build time (a write, a copy) or when `verify` asks.
+    Its size is checked at every call; its sha256 when its file's modification time differs from
+    the one written at build time (a write; a copy that keeps times, cp -a or rsync -a, is trusted)
+    or when `verify` asks.
     """
     try:
         meta = json.loads((folder / META).read_text(encoding="utf-8"))
@@ -161,30 +212,31 @@ def check_cache(folder: Path, key: str, verify: bool = False) -> tuple[dict[str,
         if meta["format"] != FORMAT or meta["key"] != key:
             return None, f"its {META} is from another charlm version"
         expected = meta["characters"] * np.dtype(meta["dtype"]).itemsize
-        stored_signature, stored_sha256 = meta["ids_stat"], meta["sha256"]
+        stored_time, stored_sha256 = meta["ids_mtime_ns"], meta["sha256"]
     except (KeyError, TypeError) as err:
         return None, f"its {META} lacks {err}"
     ids = folder / IDS
     try:
-        signature = stat_signature(ids)
+        size, _, mtime_ns, _ = stat_signature(ids)
     except OSError as err:
         return None, f"its {IDS} is missing ({err.strerror or err})"
-    if signature[0] != expected:
-        return None, f"its {IDS} holds {signature[0]:,} bytes, not {expected:,} (cut short?)"
-    if verify or signature != stored_signature:
+    if size != expected:
+        return None, f"its {IDS} holds {size:,} bytes, not {expected:,} (cut short?)"
+    if verify or mtime_ns != stored_time:
         if sha256_of_file(ids) != stored_sha256:
             return None, f"its {IDS} does not match its sha256 (changed since it was built)"
-        if signature != stored_signature:  # the same bytes, copied or touched: remember that
-            with contextlib.suppress(OSError):
-                _write_json(folder / META, {**meta, "ids_stat": signature})
+        if mtime_ns != stored_time:  # the same bytes, touched: remember, or say why it is read again
+            try:
+                _write_json(folder / META, {**meta, "ids_mtime_ns": mtime_ns})
+            except OSError:
+                log.info("checked %s against its sha256: its modification time changed", ids)
     return meta, None
 
 
 def map_cache(folder: Path, meta: dict[str, Any]) -> EncodedCorpus:
-    """The cache's ids as a tensor over a private (copy-on-write) map of ids.bin: pages are read
-    from disk as batches touch them, shared with every other process that maps the file."""
-    ids = np.memmap(folder / IDS, dtype=meta["dtype"], mode="c", shape=(meta["characters"],))
-    return EncodedCorpus(Vocabulary(tuple(meta["chars"])), torch.from_numpy(ids), folder, meta)
+    """The cache's ids, over a map of ids.bin (charlm.data.mapped)."""
+    ids = map_ids(folder / IDS, meta["dtype"], meta["characters"])
+    return EncodedCorpus(Vocabulary(tuple(meta["chars"])), ids, folder, meta)
 
 
 def _build_under_lock(
@@ -193,13 +245,13 @@ def _build_under_lock(
     settings: TextSettings,
     folder: Path,
     key: str,
-    source: dict[str, Any],
+    source: _Source,
     progress: bool | None,
     problem: str | None,
+    verify: bool,
 ) -> tuple[dict[str, Any], bool]:
     """The cache's meta.json, built under the cache's lock unless another process built it while
     this one waited; and whether this one built it."""
-    cache_dir = folder.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = FileLock(folder / ".lock")
@@ -209,9 +261,9 @@ def _build_under_lock(
             log.info("waiting for another process to finish encoding corpus %s into %s", corpus.name, folder)
             lock.acquire()
     except OSError as err:
-        raise _cannot_write(cache_dir, corpus, data_dir, err) from None
+        raise _cannot_write(folder.parent, corpus, data_dir, err) from None
     try:
-        meta, problem_now = check_cache(folder, key)  # built meanwhile by the process we waited for?
+        meta, problem_now = check_cache(folder, key, verify)  # built by the process we waited for?
         if meta is not None:
             return meta, False
         if problem or problem_now:
@@ -227,13 +279,13 @@ def _build(
     settings: TextSettings,
     folder: Path,
     key: str,
-    source: dict[str, Any],
+    source: _Source,
     progress: bool | None,
 ) -> dict[str, Any]:
-    """Encode into a partial file beside the cache's, then rename it into place and write
-    meta.json last: a build cut short (killed, disk full) leaves no cache that looks whole."""
-    files = _source_files(corpus, data_dir) or []
-    before = [stat_signature(path) for path in files]
+    """Encode into a partial file beside the cache's, flush it to disk, rename it into place, and
+    write meta.json last: a build cut short (killed, disk full, power lost) leaves no cache that
+    looks whole."""
+    source.check_unchanged(corpus)  # e.g. while this process waited for the lock
     partial = folder / f".{IDS}.{os.getpid()}.partial"
     log.info("encoding corpus %s once, into %s: later runs map it", corpus.name, folder)
     started = time.perf_counter()
@@ -241,21 +293,19 @@ def _build(
         for abandoned in folder.glob(f".{IDS}.*.partial"):  # under the lock: its builder died
             abandoned.unlink()
         with open(partial, "wb") as sink, _bar(corpus, data_dir, progress) as bar:
-            vocab, _, meta = _encode(corpus, data_dir, settings, sink, bar)
-        if [stat_signature(path) for path in files] != before:
-            raise CharLMError(
-                f"corpus '{corpus.name}' changed while it was being encoded: run again once it is written"
-            )
+            vocab, _, meta = _encode(corpus, data_dir, settings, source, sink, bar)
+            sink.flush()
+            os.fsync(sink.fileno())
         (folder / META).unlink(missing_ok=True)  # never an old meta.json over the new ids
         os.replace(partial, folder / IDS)
         meta = {
             "format": FORMAT,
             "key": key,
             "corpus": corpus.name,
-            "source": source,
+            "source": source.identity,
             "settings": asdict(settings),
             **meta,
-            "ids_stat": stat_signature(folder / IDS),
+            "ids_mtime_ns": stat_signature(folder / IDS)[2],
             "build_seconds": round(time.perf_counter() - started, 1),
         }
         _write_json(folder / META, meta)
@@ -276,7 +326,12 @@ def _build(
 
 
 def _encode(
-    corpus: Corpus, data_dir: Path, settings: TextSettings, sink: BinaryIO | None, bar: _Bar | None
+    corpus: Corpus,
+    data_dir: Path,
+    settings: TextSettings,
+    source: _Source,
+    sink: BinaryIO | None,
+    bar: _Bar | None,
 ) -> tuple[Vocabulary, np.ndarray | None, dict[str, Any]]:
     """Two streaming passes: the vocabulary (every character seen), then the ids, written to
     `sink` or, with no sink, into one array in memory. Returns the vocabulary, that array (None
@@ -284,7 +339,7 @@ def _encode(
     seen = np.zeros(0x110000, dtype=bool)
     characters = raw_characters = 0
     for text in _texts(corpus, data_dir, settings, bar, "vocabulary", counter := [0]):
-        seen[_codepoints(text)] = True
+        _mark_seen(seen, _codepoints(text))
         characters += len(text)
     raw_characters = counter[0]
     if not raw_characters:
@@ -311,6 +366,7 @@ def _encode(
         else:
             out[written : written + len(ids)] = ids
         written += len(ids)
+    source.check_unchanged(corpus)  # the two passes read the same text (and the one hashed)
     if written != characters:
         raise CharLMError(f"corpus '{corpus.name}' changed while it was being encoded: run again")
     meta = {"chars": list(vocab.chars), "dtype": dtype.name, "characters": characters}
@@ -325,7 +381,7 @@ def _texts(
     """The corpus's text after its settings, piece by piece; counts the raw characters in `counter`."""
 
     def raw() -> Iterator[str]:
-        for text, nbytes in corpus.pieces(data_dir):
+        for text, nbytes in _pieces(corpus, data_dir):
             if bar is not None:
                 bar.advance(stage, nbytes)
             counter[0] += len(text)
@@ -335,9 +391,27 @@ def _texts(
 
 
 def _codepoints(text: str) -> np.ndarray:
-    if text.isascii():  # one byte a character already: no 4-byte copy
-        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    """The code points of `text` in the narrowest array that holds them. Python keeps a string of
+    characters below 256 one byte each, below 65536 two bytes each, so the matching codec is a
+    plain copy: Latin text needs 1 byte a character here, not 4."""
+    try:
+        return np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        pass
+    units = text.encode("utf-16-le", "surrogatepass")
+    if len(units) == 2 * len(text):  # no character beyond U+FFFF: one unit each
+        return np.frombuffer(units, dtype="<u2")
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def _mark_seen(seen: np.ndarray, codepoints: np.ndarray) -> None:
+    """Set `seen` at every code point: a count over the narrow range where it fits (fast), else a
+    scatter over all of Unicode."""
+    if codepoints.dtype.itemsize <= 2:
+        counts = np.bincount(codepoints, minlength=2 ** (8 * codepoints.dtype.itemsize))
+        seen[: len(counts)] |= counts > 0
+    else:
+        seen[codepoints] = True
 
 
 class _Bar:
@@ -355,7 +429,7 @@ class _Bar:
 
 @contextlib.contextmanager
 def _bar(corpus: Corpus, data_dir: Path, progress: bool | None) -> Iterator[_Bar | None]:
-    total = corpus.nbytes(data_dir)
+    total = _nbytes(corpus, data_dir)
     show = total >= _PROGRESS_FROM_BYTES if progress is None else progress
     if not show or rank_zero_only.rank != 0:  # one bar, not one per DDP rank
         yield None
@@ -385,7 +459,7 @@ def _cannot_write(cache_dir: Path, corpus: Corpus, data_dir: Path, err: OSError)
         free = ""
     return CharLMError(
         f"cannot write the corpus cache in {cache_dir}: {err.strerror or err}{free}. The ids of "
-        f"corpus '{corpus.name}' take up to {_bytes(corpus.nbytes(data_dir))}: set paths.cache_dir to a "
+        f"corpus '{corpus.name}' take up to {_bytes(_nbytes(corpus, data_dir))}: set paths.cache_dir to a "
         "folder you can write to, or paths.cache_dir=null to keep them in memory"
     )
 

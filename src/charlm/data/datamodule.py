@@ -10,12 +10,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import Dataset, DistributedSampler, Sampler, default_convert
+from torch.utils.data import Dataset, Sampler, default_convert
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from charlm.data.cache import TextSettings, encode_once
 from charlm.data.corpora import Corpus, corpus_of
 from charlm.data.preprocess import FORMS
+from charlm.data.sampling import ShuffledWindows
 from charlm.data.vocab import Vocabulary
 from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
@@ -174,7 +175,7 @@ class CharDataModule(pl.LightningDataModule):
             seed = torch.initial_seed()
             if trainer:  # rank 0's, so that every rank deals out the same order (seed=null too)
                 seed = trainer.strategy.broadcast(seed)
-            sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+            sampler = ShuffledWindows(dataset, world_size, rank, shuffle=True, seed=seed)
             sampler.set_epoch(trainer.current_epoch if trainer else 0)
             return sampler
         if world_size == 1:

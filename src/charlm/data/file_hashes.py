@@ -3,12 +3,14 @@
 A corpus cache is keyed by its files' content, so a changed file gets a new cache and never a
 stale one. Hashing 2 GB of text takes over a second at every run, so each file's hash is kept in
 one small JSON file with its size, inode and change times, as git's index does: a file whose
-`stat` still matches is not read again. An entry is trusted only for a file last changed more than
-a second before it was hashed, so that a write in the same clock tick as the hash is never missed.
+`stat` still matches is not read again. An entry is trusted only for a file last modified (and its
+inode changed) more than a second before it was hashed, so that a write in the same clock tick as
+the hash is never missed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,11 +30,15 @@ def stat_signature(path: Path) -> list[int]:
 
 
 def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(1 << 20))
     try:
-        with open(path, "rb") as file:
-            return hashlib.file_digest(file, "sha256").hexdigest()
+        with open(path, "rb", buffering=0) as file:
+            while count := file.readinto(buffer):
+                digest.update(buffer[:count])
     except OSError as err:
         raise CharLMError(f"cannot read {path}: {err.strerror or err}") from None
+    return digest.hexdigest()
 
 
 class FileHashes:
@@ -48,20 +54,22 @@ class FileHashes:
             except (OSError, ValueError):  # none yet, unreadable or damaged: hash afresh
                 self._entries = {}
 
-    def sha256(self, path: Path) -> str:
+    def lookup(self, path: Path) -> tuple[str, list[int]]:
+        """The file's sha256, and its `stat_signature` as it was when hashed (the caller checks
+        that the file it then reads is still that one)."""
         key = str(path.resolve())
         try:
             signature = stat_signature(path)
         except OSError as err:
             raise CharLMError(f"cannot read {path}: {err.strerror or err}") from None
         entry = self._entries.get(key)
-        if entry and entry[0] == signature and signature[2] + _RACY_NS < entry[1]:
-            return entry[2]
+        if entry and entry[0] == signature and max(signature[2:]) + _RACY_NS < entry[1]:
+            return entry[2], signature
         hashed_at = time.time_ns()
         digest = sha256_of_file(path)
         self._entries[key] = [signature, hashed_at, digest]
         self._changed = True
-        return digest
+        return digest, signature
 
     def save(self) -> None:
         """Write the memo (atomically; a read-only folder just means hashing again next time)."""
@@ -74,4 +82,5 @@ class FileHashes:
             os.replace(partial, self.memo)
             self._changed = False
         except OSError:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)

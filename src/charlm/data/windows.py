@@ -11,7 +11,16 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from charlm.data.mapped import PicklesByFile
 from charlm.errors import CharLMError
+
+# ids of a vocabulary over 256 characters are stored as uint16 or uint32; batches of them are
+# int32, which every device and op takes (torch has few ops for unsigned types beyond uint8)
+_WIDE = (torch.uint16, torch.uint32)
+
+
+def _batchable(ids: torch.Tensor) -> torch.Tensor:
+    return ids.int() if ids.dtype in _WIDE else ids
 
 
 def split_bounds(length: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
@@ -23,7 +32,7 @@ def split_bounds(length: int, fractions: Sequence[float]) -> list[tuple[int, int
     return list(zip(starts, ends, strict=True))
 
 
-class WindowDataset(Dataset):
+class WindowDataset(PicklesByFile, Dataset):
     """Input `ids[i:i+L]`, target `ids[i+1:i+L+1]` for i = 0, stride, 2*stride, ...
 
     The windows are a strided view of `ids` (no copy), so memory stays O(corpus) whatever the
@@ -39,15 +48,15 @@ class WindowDataset(Dataset):
         return self.windows.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        window = self.windows[index]
+        window = _batchable(self.windows[index])
         return window[:-1], window[1:]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.windows[torch.as_tensor(indices)]
+        batch = _batchable(self.windows[torch.as_tensor(indices)])
         return batch[:, :-1], batch[:, 1:]
 
 
-class StreamBatches(Dataset):
+class StreamBatches(PicklesByFile, Dataset):
     """Whole batches of `batch_size` parallel streams, so row i of batch t+1 continues row i of batch t.
 
     The text is cut into `batch_size` contiguous streams (the `batchify` of pytorch/examples
@@ -76,4 +85,5 @@ class StreamBatches(Dataset):
             raise IndexError(index)
         start = index * self.seq_len
         end = min(start + self.seq_len, self.streams.shape[1] - 1)
-        return self.streams[:, start:end], self.streams[:, start + 1 : end + 1]
+        rows = _batchable(self.streams[:, start : end + 1])
+        return rows[:, :-1], rows[:, 1:]
