@@ -13,8 +13,10 @@ of a hidden=16 LSTM, and prints for each run its wall time and peak memory:
 5. the same run as 1 with `paths.cache_dir=null` (encoded in memory at every run), side by side.
 
 Peak RSS of one process is its kernel high-water mark (getrusage): that counts the pages of the
-map that it touched. The summed figures poll /proc every 50 ms and count anonymous memory
-(RssAnon: the process's own), leaving the page cache, which the processes share, aside.
+map that it touched (the kernel maps a file's page cache in folios of up to 2 MB, so a few random
+windows touch far more than their bytes). The summed figures poll /proc every 50 ms: VmRSS,
+RssAnon (the processes' own memory, leaving aside the page cache they share: the DDP goal's
+measure) and Pss (every shared page counted once over the processes).
 """
 
 from __future__ import annotations
@@ -76,8 +78,10 @@ def write_corpus(path: Path, megabytes: int) -> None:
                 break
 
 
-def tree_rss(root: int) -> tuple[int, int]:
-    """(VmRSS, RssAnon) summed over `root` and its descendants, in bytes."""
+def tree_memory(root: int) -> dict[str, int]:
+    """VmRSS, RssAnon and Pss summed over `root` and its descendants, in bytes. Pss counts a page
+    that n processes share (the map's page cache, libraries) as 1/n in each: its sum is what the
+    processes together hold."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -87,21 +91,18 @@ def tree_rss(root: int) -> tuple[int, int]:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(ppid, []).append(int(entry))
-    total = anon = 0
+    sums = {"VmRSS": 0, "RssAnon": 0, "Pss": 0}
     todo = [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
         try:
-            status = Path(f"/proc/{pid}/status").read_text()
+            text = Path(f"/proc/{pid}/status").read_text() + Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        for key, value in re.findall(r"^(VmRSS|RssAnon):\s+(\d+) kB", status, re.M):
-            if key == "VmRSS":
-                total += int(value) * 1024
-            else:
-                anon += int(value) * 1024
-    return total, anon
+        for key, value in re.findall(r"^(VmRSS|RssAnon|Pss):\s+(\d+) kB", text, re.M):
+            sums[key] += int(value) * 1024
+    return sums
 
 
 def run(args: list[str], env: dict[str, str]) -> dict[str, float | str]:
@@ -111,13 +112,13 @@ def run(args: list[str], env: dict[str, str]) -> dict[str, float | str]:
         proc = subprocess.Popen(
             [sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-        tree_peak = anon_peak = 0
+        peaks = {"VmRSS": 0, "RssAnon": 0, "Pss": 0}
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            rss, anon = tree_rss(proc.pid)
-            tree_peak, anon_peak = max(tree_peak, rss), max(anon_peak, anon)
+            for key, value in tree_memory(proc.pid).items():
+                peaks[key] = max(peaks[key], value)
             time.sleep(0.05)
         proc.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)
@@ -127,8 +128,9 @@ def run(args: list[str], env: dict[str, str]) -> dict[str, float | str]:
     return {
         "seconds": time.perf_counter() - start,
         "peak_rss": usage.ru_maxrss * 1024,  # Linux reports kB
-        "tree_rss": tree_peak,
-        "tree_anon": anon_peak,
+        "tree_rss": peaks["VmRSS"],
+        "tree_anon": peaks["RssAnon"],
+        "tree_pss": peaks["Pss"],
         "output": output,
     }
 
@@ -178,7 +180,8 @@ def main() -> None:
     (folder,) = cache.glob("textfile-*")
     ids = folder / "ids.bin"
     print(f"\ncache: {folder}, ids.bin {ids.stat().st_size / 1e6:,.0f} MB")
-    print("\n| run | wall time | peak RSS | summed VmRSS | summed RssAnon |\n|---|--:|--:|--:|--:|")
+    print("\n| run | wall time | peak RSS | summed VmRSS | summed RssAnon | summed Pss |")
+    print("|---|--:|--:|--:|--:|--:|")
     names = {
         "build": "1. first run (builds the cache)",
         "mapped": "3. second run (maps it)",
@@ -187,7 +190,7 @@ def main() -> None:
     }
     for key, name in names.items():
         r = runs[key]
-        memory = " | ".join(gb(r[k]) for k in ("peak_rss", "tree_rss", "tree_anon"))
+        memory = " | ".join(gb(r[k]) for k in ("peak_rss", "tree_rss", "tree_anon", "tree_pss"))
         print(f"| {name} | {r['seconds']:.1f} s | {memory} |")
     figures = {
         "build": runs["build"]["peak_rss"],

@@ -135,12 +135,13 @@ class CharDataModule(pl.LightningDataModule):
                 100 * (1 - config.seq_len / config.stride),
             )
         log.info(
-            "corpus %s: %s characters, vocabulary %d, %s %s",
+            "corpus %s: %s characters, vocabulary %d, %s %s (%s)",
             self.corpus.name,
             f"{len(ids):,}",
             len(self.vocab),
             "stream batches" if self.config.stateful else "windows",
             " / ".join(f"{name} {len(ds):,}" for name, ds in self.datasets.items()),
+            f"mapped from {encoded.folder}" if encoded.folder else "encoded in memory",
         )
 
     @property
