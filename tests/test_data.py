@@ -11,12 +11,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import data_config
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DistributedSampler
 
 from charlm.data.corpora import CensusNames, Download, TextFiles
 from charlm.data.datamodule import STAGES, CharDataModule
 from charlm.data.preprocess import preprocess
-from charlm.data.sampling import ShuffledWindows
+from charlm.data.sampling import EvaluationShare, ShuffledWindows
 from charlm.data.vocab import Vocabulary
 from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
@@ -375,7 +376,7 @@ def test_asking_for_a_test_split_that_is_not_there_is_one_line(text_file: Path) 
         datamodule.test_dataloader()
 
 
-@pytest.mark.parametrize("windows", [1, 7, 100, 1001])
+@pytest.mark.parametrize("windows", [1, 7, 100, 1001, 2**20 + 3])
 @pytest.mark.parametrize("replicas", [1, 2, 3])
 @pytest.mark.parametrize("shuffle, drop_last", [(True, False), (False, False), (True, True)])
 def test_shuffled_windows_deal_torchs_order_without_its_list(
@@ -390,3 +391,11 @@ def test_shuffled_windows_deal_torchs_order_without_its_list(
         ours.set_epoch(epoch)
         torchs.set_epoch(epoch)
         assert list(ours) == list(torchs) and len(ours) == len(torchs)
+
+
+@pytest.mark.parametrize("windows, replicas", [(1, 1), (7, 2), (1001, 3), (10, 4)])
+def test_evaluation_shares_are_lightnings_without_its_list(windows: int, replicas: int) -> None:
+    for rank in range(replicas):
+        ours = EvaluationShare(range(windows), replicas, rank, shuffle=False)
+        lightnings = UnrepeatedDistributedSampler(range(windows), replicas, rank, shuffle=False)
+        assert list(ours) == list(lightnings) and len(ours) == len(lightnings)

@@ -9,14 +9,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import Dataset, Sampler, default_convert
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from charlm.data.cache import TextSettings, encode_once
 from charlm.data.corpora import Corpus, corpus_of
 from charlm.data.preprocess import FORMS
-from charlm.data.sampling import ShuffledWindows
+from charlm.data.sampling import EvaluationShare, ShuffledWindows
 from charlm.data.vocab import Vocabulary
 from charlm.data.windows import StreamBatches, WindowDataset, split_bounds
 from charlm.errors import CharLMError
@@ -187,7 +186,7 @@ class CharDataModule(pl.LightningDataModule):
                 f"{world_size} DDP ranks: "
                 "change data.splits or data.seq_len, or use fewer devices"
             )
-        return UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False)
+        return EvaluationShare(dataset, world_size, rank, shuffle=False)
 
     def _loader(self, stage: str) -> StatefulDataLoader:
         trainer = self.trainer
@@ -197,7 +196,7 @@ class CharDataModule(pl.LightningDataModule):
             # this rank's streams, in order; under DDP a sampler of the DistributedSampler kind, or
             # Lightning would deal every rank each world_size-th batch, whose rows do not follow on
             dataset = self._dataset(stage, rank, world_size)
-            sampler = UnrepeatedDistributedSampler(dataset, 1, 0, shuffle=False) if world_size > 1 else None
+            sampler = EvaluationShare(dataset, 1, 0, shuffle=False) if world_size > 1 else None
         elif stage not in self.datasets:  # data.splits=[0.9,0.1,0]: no test split, the run was not tested
             raise CharLMError(f"there is no {stage} split: data.splits={self.config.splits} gives it no text")
         else:
