@@ -254,6 +254,7 @@ def _build_under_lock(
     this one waited; and whether this one built it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".lock").touch()  # a read-only folder says so here, before a lock could wait on it
         lock = FileLock(folder / ".lock")
         try:
             lock.acquire(timeout=0)
