@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
@@ -18,7 +17,7 @@ class ShuffledWindows(DistributedSampler):
 
     DistributedSampler turns its permutation into a list: about 36 bytes a window, 720 MB per
     process for the 20 million windows of a 2 GB corpus. This one keeps the permutation as a tensor
-    (4 bytes a window: 80 MB) and converts a slice at a time as the loader asks.
+    (4 bytes a window: 80 MB), never copies it, and converts a slice at a time as the loader asks.
     """
 
     @property
@@ -33,15 +32,15 @@ class ShuffledWindows(DistributedSampler):
             indices = torch.randperm(len(self.dataset), generator=generator, dtype=self._dtype)
         else:
             indices = torch.arange(len(self.dataset), dtype=self._dtype)
-        if not self.drop_last:  # every rank the same count: the first indices again, as torch pads
-            padding = self.total_size - len(indices)
-            if padding > 0:
-                indices = torch.cat([indices, indices.repeat(math.ceil(padding / len(indices)))[:padding]])
-        else:
-            indices = indices[: self.total_size]
-        mine = indices[self.rank : self.total_size : self.num_replicas]
+        count = len(indices)
+        end = self.total_size if self.drop_last else count  # drop_last: the tail no rank gets
+        mine = indices[self.rank : end : self.num_replicas]
         for start in range(0, len(mine), _SLICE):
             yield from mine[start : start + _SLICE].tolist()
+        if not self.drop_last:  # every rank the same count: torch pads with the first indices again
+            first = count + (self.rank - count) % self.num_replicas  # this rank's first place past the end
+            padding = torch.tensor(range(first, self.total_size, self.num_replicas), dtype=torch.long) - count
+            yield from indices[padding % count].tolist()
 
 
 class EvaluationShare(UnrepeatedDistributedSampler):
