@@ -6,6 +6,9 @@ Writes a corpus of Don Quijote repeated to the given size (from data/ or ../shar
 otherwise the names corpus), then runs `train.py data=textfile` on it as a user would, 5 steps
 of a hidden=16 LSTM, and prints for each run its wall time and peak memory:
 
+0. first, in this process, the encoder's speed on the corpus's first 100 MB (in memory:
+   paths.cache_dir=null) against the notebooks' per-character dict lookup (on 10 MB, scaled),
+   and the extra bytes of stride-1 windows over its ids (none: they are a view);
 1. the first run, which encodes the corpus into its cache (paths.cache_dir);
 2. the data set-up of a second process (prepare_data + setup: the cache mapped, not rebuilt);
 3. a second run, which maps the cache;
@@ -31,7 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, local_corpus
+import torch
+from common import ROOT, local_corpus, timed
+
+from charlm.data.cache import TextSettings, encode_once
+from charlm.data.corpora import TextFiles
+from charlm.data.windows import WindowDataset
 
 RUN = [
     "data=textfile",
@@ -147,6 +155,28 @@ print(f"setup_seconds={time.perf_counter() - started:.3f}")
 """
 
 
+def encoding_speed(corpus: Path, megabytes: int = 100) -> None:
+    """Step 0: the streamed encoder against a per-character Python loop, and the windows' cost."""
+    sample = corpus.with_name("sample.txt")
+    with open(corpus, "rb") as source:
+        sample.write_bytes(source.read(megabytes * 10**6).decode("utf-8", "ignore").encode())
+    encoded, seconds = timed(encode_once, TextFiles(sample), sample.parent, TextSettings(), None)
+    tenth = sample.read_text(encoding="utf-8")[: len(encoded.ids) // 10]
+    index = {c: i for i, c in enumerate(encoded.vocab.chars)}  # the notebooks' way
+    _, loop_seconds = timed(lambda: torch.tensor([index[c] for c in tenth], dtype=torch.uint8))
+    windows = WindowDataset(encoded.ids, 100, 1)
+    extra = windows.windows.untyped_storage().nbytes() - encoded.ids.untyped_storage().nbytes()
+    speedup = 10 * loop_seconds / seconds
+    print(
+        f"0. encoding {len(encoded.ids) / 1e6:.0f} M characters: {seconds:.2f} s streamed "
+        f"({len(encoded.ids) / seconds / 1e6:.0f} M chars/s, NFC included); a per-character dict "
+        f"lookup: {10 * loop_seconds:.2f} s (scaled from a tenth), speedup={speedup:.1f}; "
+        f"{len(windows):,} stride-1 windows add {extra} bytes",
+        flush=True,
+    )
+    sample.unlink()
+
+
 def gb(count: float) -> str:
     return f"{count / 1e9:.2f} GB"
 
@@ -165,6 +195,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     train = ["train.py", *RUN, f"data.path={corpus}", f"paths.root_dir={work}"]
 
+    encoding_speed(corpus)
     runs = {"build": run([*train, f"paths.cache_dir={cache}"], env)}
     print(f"1. first run, encoding the cache: {runs['build']['seconds']:.1f} s", flush=True)
     setup = run(["-c", SETUP, str(corpus), str(cache)], env)

@@ -12,9 +12,10 @@ The key hashes the corpus's content (its files' sha256, in order) and the settin
 text (encoding, normalize, lowercase, letters_only): a changed file or setting gets a new cache,
 never a stale one. Later runs map `ids.bin` (numpy.memmap): the page cache holds the text once
 however many processes read it, and the splits, windows and streams are views of the map, so a
-run's memory no longer grows with its corpus. Builders take a file lock, so that two sweep jobs or
-DDP ranks starting together build it once; a cache cut short or changed since it was written
-(its size, or its sha256 when its file times changed) is built again.
+run's own memory no longer holds its corpus (charlm.data.sampling keeps the shuffled order in 4
+bytes a window). Builders take a file lock, so that two sweep jobs or DDP ranks starting together
+build it once; a cache cut short or changed since it was written (its size, or its sha256 when
+its modification time changed) is built again.
 
 `cache_dir=None` keeps the ids in memory instead (the same two passes, no files).
 """
@@ -455,7 +456,7 @@ def _write_json(path: Path, content: dict[str, Any]) -> None:
 def _cannot_write(cache_dir: Path, corpus: Corpus, data_dir: Path, err: OSError) -> CharLMError:
     """One line naming the folder, the system's reason and the two ways out."""
     try:
-        free = f", {shutil.disk_usage(cache_dir).free / 1e9:.1f} GB free" if cache_dir.is_dir() else ""
+        free = f", {_bytes(shutil.disk_usage(cache_dir).free)} free" if cache_dir.is_dir() else ""
     except OSError:
         free = ""
     return CharLMError(
