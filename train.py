@@ -29,6 +29,13 @@ if __name__ == "__main__":
     hydra_flags_first()
     quote_free_text(
         text=["callbacks.sample_text.prompt"],
-        paths=["data.path", "ckpt_path", "paths.data_dir", "paths.cache_dir", "paths.log_dir", "paths.root_dir"],
+        paths=[
+            "data.path",
+            "ckpt_path",
+            "paths.data_dir",
+            "paths.cache_dir",
+            "paths.log_dir",
+            "paths.root_dir",
+        ],
     )
     main()

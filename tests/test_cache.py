@@ -344,17 +344,22 @@ def test_a_file_changed_after_it_was_hashed_is_never_filed_under_its_old_content
 
 
 def test_wide_vocabularies_reach_the_model_as_int32_batches(tmp_path: Path) -> None:
-    text = "".join(chr(c) for c in range(0x100, 0x100 + 300)) + "\n"
+    # 33,000 characters: ids past 32,767, which the datasets read through a signed 16-bit view
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 33_000)]
+    text = "".join(chars) + "\n"
     path = tmp_path / "wide.txt"
-    path.write_text(text * 20, encoding="utf-8")
+    path.write_text(text * 3, encoding="utf-8")
     for stateful in (False, True):
         datamodule = CharDataModule(
             data_config(path, seq_len=16, batch_size=4, normalize=None, stateful=stateful)
         )
         datamodule.setup()
         assert datamodule.ids["train"].dtype == torch.uint16
-        x, y = next(iter(datamodule.train_dataloader()))
+        batches = list(datamodule.train_dataloader())
+        assert max(int(x.max()) for x, _ in batches) > 32_767
+        x, y = batches[0]
         assert x.dtype == y.dtype == torch.int32 and torch.equal(x[:, 1:], y[:, :-1])
+        assert all(datamodule.vocab.decode(row) in text * 3 for row in x)
         model = CharLM(datamodule.vocab.chars, NetworkConfig(hidden=8, embedding_dim=4))
         logits, _ = model(x)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten().long())
@@ -381,6 +386,24 @@ def test_datasets_over_the_map_pickle_as_its_file_name_not_its_bytes(tmp_path: P
         assert len(copy) == len(dataset)
         for index in (0, len(dataset) - 1):
             assert all(torch.equal(a, b) for a, b in zip(copy[index], dataset[index], strict=True))
+
+
+def test_a_set_up_datamodule_pickles_its_splits_as_the_files_name(tmp_path: Path) -> None:
+    """What a ddp_spawn rank receives: Lightning pickles the datamodule after build() set it up."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(SPANISH * 2000, encoding="utf-8")
+    datamodule = CharDataModule(data_config(path, seq_len=16, batch_size=4))
+    datamodule.setup()
+    payload = io.BytesIO()
+    ForkingPickler(payload).dump(datamodule)
+    assert not any(ids.is_shared() for ids in datamodule.ids.values())
+    copy = pickle.loads(payload.getvalue())
+    for stage, ids in copy.ids.items():
+        assert ids.untyped_storage().data_ptr() in mapped._MAPS
+        assert torch.equal(ids, datamodule.ids[stage])
+    assert all(
+        torch.equal(a, b) for a, b in zip(copy.datasets["val"][3], datamodule.datasets["val"][3], strict=True)
+    )
 
 
 @pytest.mark.slow

@@ -461,8 +461,9 @@ def _cannot_write(cache_dir: Path, corpus: Corpus, data_dir: Path, err: OSError)
         free = ""
     return CharLMError(
         f"cannot write the corpus cache in {cache_dir}: {err.strerror or err}{free}. The ids of "
-        f"corpus '{corpus.name}' take up to {_bytes(_nbytes(corpus, data_dir))}: set paths.cache_dir to a "
-        "folder you can write to, or paths.cache_dir=null to keep them in memory"
+        f"corpus '{corpus.name}' take up to {_bytes(_nbytes(corpus, data_dir))} (a byte a character; "
+        "2 or 4 past 256 or 65,536 distinct characters): set paths.cache_dir to a folder you can "
+        "write to, or paths.cache_dir=null to keep them in memory"
     )
 
 

@@ -14,6 +14,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from charlm.data.cache import TextSettings, encode_once
 from charlm.data.corpora import Corpus, corpus_of
+from charlm.data.mapped import portable
 from charlm.data.preprocess import FORMS
 from charlm.data.sampling import EvaluationShare, ShuffledWindows
 from charlm.data.vocab import Vocabulary
@@ -223,6 +224,11 @@ class CharDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a ddp_spawn rank, after `setup`): the splits as views of the cache's file, which
+        the receiving process maps, not torch's shared-memory copy of the whole corpus."""
+        return {**self.__dict__, "ids": {name: portable(ids) for name, ids in self.ids.items()}}
 
     def state_dict(self) -> dict[str, Any]:
         """Kept in checkpoints by Lightning: the characters of each split, which the loader's saved

@@ -35,14 +35,18 @@ class _MappedView:
     """What a view of a mapped file pickles as; unpickling maps the file and returns the view."""
 
     def __init__(self, tensor: torch.Tensor, origin: tuple[Path, str, int]):
-        self.args = (*origin, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset())
+        geometry = (tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset(), tensor.dtype)
+        self.args = (*origin, *geometry)
 
     def __reduce__(self) -> tuple[Any, tuple]:
         return _view, self.args
 
 
-def _view(path: Path, dtype: str, length: int, size: tuple, stride: tuple, offset: int) -> torch.Tensor:
-    return map_ids(path, dtype, length).as_strided(size, stride, offset)
+def _view(
+    path: Path, dtype: str, length: int, size: tuple, stride: tuple, offset: int, view_dtype: torch.dtype
+) -> torch.Tensor:
+    """The view again, over this process's own map (of the same element size, maybe signed)."""
+    return map_ids(path, dtype, length).view(view_dtype).as_strided(size, stride, offset)
 
 
 def portable(value: Any) -> Any:

@@ -14,13 +14,18 @@ from torch.utils.data import Dataset
 from charlm.data.mapped import PicklesByFile
 from charlm.errors import CharLMError
 
-# ids of a vocabulary over 256 characters are stored as uint16 or uint32; batches of them are
-# int32, which every device and op takes (torch has few ops for unsigned types beyond uint8)
-_WIDE = (torch.uint16, torch.uint32)
+# Ids of a vocabulary over 256 characters are stored as uint16 or uint32, for which torch has few
+# ops (indexing among them only in recent versions): the datasets read them through a signed view
+# of the same width, and batches are int32, which every device and op takes, as before the cache.
+_SIGNED = {torch.uint16: torch.int16, torch.uint32: torch.int32}  # ids stay below 0x110000
 
 
-def _batchable(ids: torch.Tensor) -> torch.Tensor:
-    return ids.int() if ids.dtype in _WIDE else ids
+def _signed(ids: torch.Tensor) -> torch.Tensor:
+    return ids.view(_SIGNED[ids.dtype]) if ids.dtype in _SIGNED else ids
+
+
+def _batchable(batch: torch.Tensor) -> torch.Tensor:
+    return batch.int() & 0xFFFF if batch.dtype == torch.int16 else batch
 
 
 def split_bounds(length: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
@@ -42,7 +47,7 @@ class WindowDataset(PicklesByFile, Dataset):
     def __init__(self, ids: torch.Tensor, seq_len: int, stride: int):
         if seq_len < 1 or stride < 1:
             raise CharLMError(f"seq_len ({seq_len}) and stride ({stride}) must be at least 1")
-        self.windows = ids.unfold(0, seq_len + 1, stride)
+        self.windows = _signed(ids).unfold(0, seq_len + 1, stride)
 
     def __len__(self) -> int:
         return self.windows.shape[0]
@@ -73,7 +78,7 @@ class StreamBatches(PicklesByFile, Dataset):
             raise CharLMError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1")
         streams = batch_size * world_size
         stream_len = len(ids) // streams
-        everyone = ids[: stream_len * streams].view(streams, stream_len)
+        everyone = _signed(ids)[: stream_len * streams].view(streams, stream_len)
         self.streams = everyone[rank * batch_size : (rank + 1) * batch_size]
         self.seq_len = seq_len
 
