@@ -367,11 +367,15 @@ def test_wide_vocabularies_reach_the_model_as_int32_batches(tmp_path: Path) -> N
         assert torch.isfinite(loss)
 
 
-def test_datasets_over_the_map_pickle_as_its_file_name_not_its_bytes(tmp_path: Path) -> None:
+WIDE = "".join(chr(c) for c in range(0x4E00, 0x4E00 + 300)) + "\n"
+
+
+@pytest.mark.parametrize("text", [SPANISH * 2000, WIDE * 100], ids=["uint8", "uint16"])
+def test_datasets_over_the_map_pickle_as_its_file_name_not_its_bytes(tmp_path: Path, text: str) -> None:
     """A spawned DataLoader worker or ddp_spawn rank maps the file itself instead of receiving a
     shared-memory copy of the corpus."""
     path = tmp_path / "corpus.txt"
-    path.write_text(SPANISH * 2000, encoding="utf-8")  # 164 KB of ids
+    path.write_text(text, encoding="utf-8")
     for stateful in (False, True):
         datamodule = CharDataModule(data_config(path, seq_len=16, batch_size=4, stateful=stateful))
         datamodule.setup()
