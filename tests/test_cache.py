@@ -232,17 +232,22 @@ def test_the_cache_gives_the_in_memory_losses_to_the_last_digit(tmp_path: Path) 
     assert len(list((tmp_path / "cache").glob("textfile-*"))) == 1
 
 
+def run_prepare(*overrides: str) -> subprocess.CompletedProcess:
+    """`python -m charlm.prepare OVERRIDES`, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "charlm.prepare", *overrides],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
 @pytest.mark.slow
 def test_prepare_encodes_ahead_and_reports_the_cache(tmp_path: Path, text_file: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "charlm.prepare",
-        "data=textfile",
-        f"data.path={text_file}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-    ]
-    first = subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    overrides = ["data=textfile", f"data.path={text_file}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    first = run_prepare(*overrides)
     assert first.returncode == 0, first.stderr
     (folder,) = (tmp_path / "cache").glob("textfile-*")
     meta = json.loads((folder / META).read_text(encoding="utf-8"))
@@ -252,9 +257,7 @@ def test_prepare_encodes_ahead_and_reports_the_cache(tmp_path: Path, text_file: 
         and f"vocabulary: {len(meta['chars'])}" in first.stdout
     )
     assert "train 14,760 / val 820 / test 820" in first.stdout
-    second = subprocess.run(
-        command, env=SUBPROCESS_ENV, capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
+    second = run_prepare(*overrides)
     assert second.returncode == 0 and "already built; checked" in second.stdout
     # a run then maps it: no second cache
     result = run_train(
@@ -275,14 +278,7 @@ def test_prepare_encodes_ahead_and_reports_the_cache(tmp_path: Path, text_file: 
 def test_prepare_and_train_refuse_an_unwritable_cache_in_one_line(tmp_path: Path, text_file: Path) -> None:
     (tmp_path / "afile").write_text("")
     where = f"paths.cache_dir={tmp_path / 'afile' / 'cache'}"
-    prepared = subprocess.run(
-        [sys.executable, "-m", "charlm.prepare", "data=textfile", f"data.path={text_file}", where],
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    prepared = run_prepare("data=textfile", f"data.path={text_file}", where)
     assert prepared.returncode == 1 and prepared.stderr.count("\n") == 1
     assert "cannot write the corpus cache" in prepared.stderr and "paths.cache_dir" in prepared.stderr
     trained = run_train(["data=textfile", f"data.path={text_file}", where, *TINY], cwd=tmp_path)
@@ -298,7 +294,7 @@ def test_a_build_cut_short_leaves_no_cache_that_looks_whole(tmp_path: Path, monk
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache_module, "_write_json", disk_full)
+    monkeypatch.setattr(cache_module, "write_json", disk_full)
     with pytest.raises(CharLMError, match="No space left on device"):
         encode(path, tmp_path / "cache")
     (folder,) = (tmp_path / "cache").glob("textfile-*")
@@ -446,21 +442,11 @@ def test_a_corpus_object_of_ones_own_needs_only_read(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_prepare_refuses_bad_splits_before_encoding(tmp_path: Path, text_file: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "charlm.prepare",
-            "data=textfile",
-            f"data.path={text_file}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-            "data.splits=[0.5,0.5,0.5]",
-        ],
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
+    result = run_prepare(
+        "data=textfile",
+        f"data.path={text_file}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.splits=[0.5,0.5,0.5]",
     )
     assert result.returncode == 1 and "must be non-negative and sum to 1" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "cache").exists()

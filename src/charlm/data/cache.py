@@ -52,9 +52,10 @@ from rich.progress import (
 
 from charlm.data.corpora import Corpus, Download, TextFiles
 from charlm.data.file_hashes import FileHashes, sha256_of_file, stat_signature
+from charlm.data.json_files import write_json
 from charlm.data.mapped import map_ids
 from charlm.data.preprocess import preprocess_pieces
-from charlm.data.vocab import Vocabulary
+from charlm.data.vocab import Vocabulary, codepoints, mark_seen
 from charlm.errors import CharLMError
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,21 @@ def encode_once(
     meta, problem = check_cache(folder, key, verify)
     built = meta is None
     if built:
-        meta, built = _build_under_lock(
-            corpus, data_dir, settings, folder, key, source, progress, problem, verify
-        )
+        target = _Target(corpus, data_dir, settings, source, folder, key)
+        meta, built = _build_under_lock(target, progress, problem, verify)
     return replace(map_cache(folder, meta), built=built)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One cache to build: from what, and where."""
+
+    corpus: Corpus
+    data_dir: Path
+    settings: TextSettings
+    source: _Source
+    folder: Path
+    key: str
 
 
 @dataclass(frozen=True)
@@ -228,7 +240,7 @@ def check_cache(folder: Path, key: str, verify: bool = False) -> tuple[dict[str,
             return None, f"its {IDS} does not match its sha256 (changed since it was built)"
         if mtime_ns != stored_time:  # the same bytes, touched: remember, or say why it is read again
             try:
-                _write_json(folder / META, {**meta, "ids_mtime_ns": mtime_ns})
+                write_json(folder / META, {**meta, "ids_mtime_ns": mtime_ns})
             except OSError:
                 log.info("checked %s against its sha256: its modification time changed", ids)
     return meta, None
@@ -241,18 +253,11 @@ def map_cache(folder: Path, meta: dict[str, Any]) -> EncodedCorpus:
 
 
 def _build_under_lock(
-    corpus: Corpus,
-    data_dir: Path,
-    settings: TextSettings,
-    folder: Path,
-    key: str,
-    source: _Source,
-    progress: bool | None,
-    problem: str | None,
-    verify: bool,
+    target: _Target, progress: bool | None, problem: str | None, verify: bool
 ) -> tuple[dict[str, Any], bool]:
     """The cache's meta.json, built under the cache's lock unless another process built it while
     this one waited; and whether this one built it."""
+    corpus, folder = target.corpus, target.folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / ".lock").touch()  # a read-only folder says so here, before a lock could wait on it
@@ -263,56 +268,49 @@ def _build_under_lock(
             log.info("waiting for another process to finish encoding corpus %s into %s", corpus.name, folder)
             lock.acquire()
     except OSError as err:
-        raise _cannot_write(folder.parent, corpus, data_dir, err) from None
+        raise _cannot_write(folder.parent, corpus, target.data_dir, err) from None
     try:
-        meta, problem_now = check_cache(folder, key, verify)  # built by the process we waited for?
+        meta, problem_now = check_cache(folder, target.key, verify)  # built by the one we waited for?
         if meta is not None:
             return meta, False
         if problem or problem_now:
             log.warning("the cache %s is damaged: %s. Building it again", folder, problem_now or problem)
-        return _build(corpus, data_dir, settings, folder, key, source, progress), True
+        return _build(target, progress), True
     finally:
         lock.release()
 
 
-def _build(
-    corpus: Corpus,
-    data_dir: Path,
-    settings: TextSettings,
-    folder: Path,
-    key: str,
-    source: _Source,
-    progress: bool | None,
-) -> dict[str, Any]:
+def _build(target: _Target, progress: bool | None) -> dict[str, Any]:
     """Encode into a partial file beside the cache's, flush it to disk, rename it into place, and
     write meta.json last: a build cut short (killed, disk full, power lost) leaves no cache that
     looks whole."""
-    source.check_unchanged(corpus)  # e.g. while this process waited for the lock
+    corpus, folder = target.corpus, target.folder
+    target.source.check_unchanged(corpus)  # e.g. while this process waited for the lock
     partial = folder / f".{IDS}.{os.getpid()}.partial"
     log.info("encoding corpus %s once, into %s: later runs map it", corpus.name, folder)
     started = time.perf_counter()
     try:
         for abandoned in folder.glob(f".{IDS}.*.partial"):  # under the lock: its builder died
             abandoned.unlink()
-        with open(partial, "wb") as sink, _bar(corpus, data_dir, progress) as bar:
-            vocab, _, meta = _encode(corpus, data_dir, settings, source, sink, bar)
+        with open(partial, "wb") as sink, _bar(corpus, target.data_dir, progress) as bar:
+            vocab, _, meta = _encode(corpus, target.data_dir, target.settings, target.source, sink, bar)
             sink.flush()
             os.fsync(sink.fileno())
         (folder / META).unlink(missing_ok=True)  # never an old meta.json over the new ids
         os.replace(partial, folder / IDS)
         meta = {
             "format": FORMAT,
-            "key": key,
+            "key": target.key,
             "corpus": corpus.name,
-            "source": source.identity,
-            "settings": asdict(settings),
+            "source": target.source.identity,
+            "settings": asdict(target.settings),
             **meta,
             "ids_mtime_ns": stat_signature(folder / IDS)[2],
             "build_seconds": round(time.perf_counter() - started, 1),
         }
-        _write_json(folder / META, meta)
+        write_json(folder / META, meta)
     except OSError as err:
-        raise _cannot_write(folder.parent, corpus, data_dir, err) from None
+        raise _cannot_write(folder.parent, corpus, target.data_dir, err) from None
     finally:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
@@ -341,7 +339,7 @@ def _encode(
     seen = np.zeros(0x110000, dtype=bool)
     characters = raw_characters = 0
     for text in _texts(corpus, data_dir, settings, bar, "vocabulary", counter := [0]):
-        _mark_seen(seen, _codepoints(text))
+        mark_seen(seen, codepoints(text))
         characters += len(text)
     raw_characters = counter[0]
     if not raw_characters:
@@ -359,7 +357,7 @@ def _encode(
     digest = hashlib.sha256()
     written = 0
     for text in _texts(corpus, data_dir, settings, bar, "ids", [0]):
-        ids = table[_codepoints(text)]
+        ids = table[codepoints(text)]
         if written + len(ids) > characters:
             break
         if out is None:
@@ -392,30 +390,6 @@ def _texts(
     return preprocess_pieces(raw(), settings.lowercase, settings.letters_only, settings.normalize)
 
 
-def _codepoints(text: str) -> np.ndarray:
-    """The code points of `text` in the narrowest array that holds them. Python keeps a string of
-    characters below 256 one byte each, below 65536 two bytes each, so the matching codec is a
-    plain copy: Latin text needs 1 byte a character here, not 4."""
-    try:
-        return np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
-    except UnicodeEncodeError:
-        pass
-    units = text.encode("utf-16-le", "surrogatepass")
-    if len(units) == 2 * len(text):  # no character beyond U+FFFF: one unit each
-        return np.frombuffer(units, dtype="<u2")
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
-
-
-def _mark_seen(seen: np.ndarray, codepoints: np.ndarray) -> None:
-    """Set `seen` at every code point: a count over the narrow range where it fits (fast), else a
-    scatter over all of Unicode."""
-    if codepoints.dtype.itemsize <= 2:
-        counts = np.bincount(codepoints, minlength=2 ** (8 * codepoints.dtype.itemsize))
-        seen[: len(counts)] |= counts > 0
-    else:
-        seen[codepoints] = True
-
-
 class _Bar:
     """Two progress bars over the corpus's bytes, one for each pass."""
 
@@ -445,12 +419,6 @@ def _bar(corpus: Corpus, data_dir: Path, progress: bool | None) -> Iterator[_Bar
     )
     with Progress(*columns) as progress_bar:
         yield _Bar(progress_bar, total, corpus.name)
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(content, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, path)
 
 
 def _cannot_write(cache_dir: Path, corpus: Corpus, data_dir: Path, err: OSError) -> CharLMError:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
+from charlm.data.json_files import write_json
 from charlm.errors import CharLMError
 
 # a file changed this close to (or after) its hashing is hashed again at the next run
@@ -75,12 +75,7 @@ class FileHashes:
         """Write the memo (atomically; a read-only folder just means hashing again next time)."""
         if self.memo is None or not self._changed:
             return
-        partial = self.memo.with_name(f".{self.memo.name}.{os.getpid()}.partial")
-        try:
+        with contextlib.suppress(OSError):
             self.memo.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps(self._entries), encoding="utf-8")
-            os.replace(partial, self.memo)
+            write_json(self.memo, self._entries)
             self._changed = False
-        except OSError:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)

@@ -20,12 +20,36 @@ _CHUNK = 1 << 24
 _PROGRESS_FROM = 3
 
 
-def _codepoints(text: str, task: str) -> Iterable[np.ndarray]:
+def codepoints(text: str) -> np.ndarray:
+    """The code points of `text` in the narrowest array that holds them. Python keeps a string of
+    characters below 256 one byte each, below 65536 two bytes each, so the matching codec is a
+    plain copy: Latin text needs 1 byte a character here, not 4."""
+    try:
+        return np.frombuffer(text.encode("latin-1"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        pass
+    units = text.encode("utf-16-le", "surrogatepass")
+    if len(units) == 2 * len(text):  # no character beyond U+FFFF: one unit each
+        return np.frombuffer(units, dtype="<u2")
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+
+
+def mark_seen(seen: np.ndarray, points: np.ndarray) -> None:
+    """Set `seen` at every code point: a count over the narrow range where it fits (fast), else a
+    scatter over all of Unicode."""
+    if points.dtype.itemsize <= 2:
+        counts = np.bincount(points, minlength=2 ** (8 * points.dtype.itemsize))
+        seen[: len(counts)] |= counts > 0
+    else:
+        seen[points] = True
+
+
+def _codepoint_slices(text: str, task: str) -> Iterable[np.ndarray]:
     starts: Iterable[int] = range(0, len(text), _CHUNK)
     if len(starts) >= _PROGRESS_FROM and rank_zero_only.rank == 0:  # one bar, not one per DDP rank
         starts = track(starts, description=f"{task} ({len(text):,} characters)")
     for start in starts:
-        yield np.frombuffer(text[start : start + _CHUNK].encode("utf-32-le"), dtype="<u4")
+        yield codepoints(text[start : start + _CHUNK])
 
 
 @dataclass(frozen=True)
@@ -42,8 +66,8 @@ class Vocabulary:
     def from_text(cls, text: str) -> Vocabulary:
         """Every character that occurs in `text` (vectorised: seconds for 100 MB)."""
         seen = np.zeros(0x110000, dtype=bool)
-        for cps in _codepoints(text, "vocabulary"):
-            seen[cps] = True
+        for cps in _codepoint_slices(text, "vocabulary"):
+            mark_seen(seen, cps)
         return cls(tuple(chr(c) for c in np.flatnonzero(seen)))
 
     def __len__(self) -> int:
@@ -63,7 +87,7 @@ class Vocabulary:
         table[[ord(c) for c in self.chars]] = np.arange(len(self))
         ids = np.empty(len(text), dtype=dtype)
         pos = 0
-        for cps in _codepoints(text, "encoding"):
+        for cps in _codepoint_slices(text, "encoding"):
             chunk = table[cps]
             if (chunk == unknown).any():
                 missing = sorted({chr(c) for c in cps[chunk == unknown]})
