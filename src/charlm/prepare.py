@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from charlm import config
 from charlm.cli import check_keys_are_ascii, quote_free_text
-from charlm.data.cache import EncodedCorpus, TextSettings, encode_once
+from charlm.data.cache import EncodedCorpus
 from charlm.data.datamodule import STAGES, CharDataModule, DataConfig
 from charlm.data.windows import split_bounds
 from charlm.errors import CharLMError
@@ -49,14 +49,7 @@ def prepare(settings: DataConfig) -> tuple[EncodedCorpus, float]:
     datamodule = CharDataModule(settings)
     datamodule.prepare_data()
     started = time.perf_counter()
-    encoded = encode_once(
-        datamodule.corpus,
-        datamodule.data_dir,
-        TextSettings(settings.lowercase, settings.letters_only, settings.normalize),
-        Path(settings.cache_dir),
-        progress=True,
-        verify=True,
-    )
+    encoded = datamodule.encoded(progress=True, verify=True)
     return encoded, time.perf_counter() - started
 
 

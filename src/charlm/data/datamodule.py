@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_convert
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from charlm.data.cache import TextSettings, encode_once
+from charlm.data.cache import EncodedCorpus, TextSettings, encode_once
 from charlm.data.corpora import Corpus, corpus_of
 from charlm.data.mapped import portable
 from charlm.data.preprocess import FORMS
@@ -113,13 +113,19 @@ class CharDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         self.corpus.fetch(self.data_dir)
 
+    def encoded(self, progress: bool | None = None, verify: bool = False) -> EncodedCorpus:
+        """The corpus as ids: mapped from its cache in data.cache_dir, built there the first time
+        (see `charlm.data.cache.encode_once` for `progress` and `verify`)."""
+        config = self.config
+        settings = TextSettings(config.lowercase, config.letters_only, config.normalize)
+        cache_dir = None if config.cache_dir is None else Path(config.cache_dir)
+        return encode_once(self.corpus, self.data_dir, settings, cache_dir, progress, verify)
+
     def setup(self, stage: str | None = None) -> None:
         if self.vocab is not None:
             return
         config = self.config
-        settings = TextSettings(config.lowercase, config.letters_only, config.normalize)
-        cache_dir = None if config.cache_dir is None else Path(config.cache_dir)
-        encoded = encode_once(self.corpus, self.data_dir, settings, cache_dir)
+        encoded = self.encoded()
         self.vocab, ids = encoded.vocab, encoded.ids
         for name, (start, end) in zip(STAGES, split_bounds(len(ids), self.config.splits), strict=True):
             if name == "test" and not self.config.splits[2]:  # nanoGPT's 90/10: no test split, no test
